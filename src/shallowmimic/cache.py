@@ -1,0 +1,81 @@
+"""Content-addressed .npz caches: atomic writes, sha256 verified on every read, rebuilt when corrupt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def spec_key(spec: dict) -> str:
+    """A short stable hash of a JSON-able spec (the arguments that determine a cached object)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_verified(path: Path) -> Arrays | None:
+    """The arrays in `path` if its checksum sidecar matches, else None (missing, truncated or corrupt)."""
+    sidecar = path.with_suffix(path.suffix + ".sha256")
+    if not path.exists():
+        return None
+    if not sidecar.exists() or sidecar.read_text().strip() != sha256_file(path):
+        log.warning("cache file %s fails its checksum: rebuilding it", path)
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def save_atomic(path: Path, arrays: Arrays) -> str:
+    """Write arrays to `path` atomically with a sha256 sidecar; return the checksum."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
+    digest = sha256_file(path)
+    _atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
+    return digest
+
+
+def cached(path: Path, build: Callable[[], Arrays]) -> tuple[Arrays, bool]:
+    """Arrays from the verified cache at `path`, or built, saved and returned; the flag says it was a hit."""
+    arrays = load_verified(path)
+    if arrays is not None:
+        return arrays, True
+    arrays = build()
+    save_atomic(path, arrays)
+    return arrays, False

@@ -1,0 +1,144 @@
+"""MLflow plumbing: one store, one experiment per dataset, runs that always end FINISHED or FAILED."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, with a non-zero exit and no traceback."""
+
+
+def redact(uri: str) -> str:
+    """A tracking URI with any password replaced, fit for logs and params."""
+    return re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)
+
+
+def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
+    """Client for the configured store and the id of the experiment (created once, with artifacts in outputs/)."""
+    uri = str(logger_cfg.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    name = str(logger_cfg.experiment_name)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return client, exp.experiment_id
+    # A local store keeps artifacts beside it; a tracking server chooses (and serves) its own location.
+    location = None if uri.startswith(("http://", "https://")) else Path(logger_cfg.artifact_root).resolve().as_uri()
+    try:
+        return client, client.create_experiment(name, artifact_location=location)
+    except Exception:  # another job created it between our look-up and our create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return client, exp.experiment_id
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def flat_params(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
+    """A short, flat view of the config for MLflow params: `model.width`, `optimizer.lr`, ... (targets named
+    by class only); the full resolved config goes in as an artifact."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("_partial_", "_convert_", "cache_dir"):
+                    continue
+                walk(f"{prefix}.{k}" if k != "_target_" else f"{prefix}.name", v)
+        elif isinstance(node, str) and prefix.endswith(".name") and "." in node:
+            out[prefix] = node.rsplit(".", 1)[-1]
+        else:
+            out[prefix] = str(node)[:250]
+
+    for group in groups:
+        if group in cfg:
+            walk(group, OmegaConf.to_container(cfg[group], resolve=True))
+    return out
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+              params: dict[str, str]) -> str:
+    """Create a run with its tags and params; return its id."""
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id
+
+
+@contextmanager
+def finished_or_failed(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark the run FINISHED when the block completes and FAILED when anything escapes it (Ctrl-C included)."""
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def sweep_parent(sweep_dir: str | None) -> str | None:
+    """The MLflow parent run id of the Hydra sweep this job belongs to, if any."""
+    if sweep_dir is None:
+        return None
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+class SweepParentRun(Callback):
+    """Hydra callback: before a multirun's jobs start, create the store, the experiment and one parent run that
+    every job nests under (tag `mlflow.parentRunId`); end it FINISHED, or FAILED if any job failed."""
+
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.failed = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.client, experiment_id = open_store(config.logger)
+        overrides = " ".join(config.hydra.overrides.task)
+        self.run_id = start_run(self.client, experiment_id, f"sweep {overrides}"[:250],
+                                {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}, {})
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.run_id)
+        # Hydra raises after the jobs when one failed, skipping on_multirun_end: close the parent at exit then.
+        atexit.register(self._close, "FAILED")
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self.failed |= job_return.status.name == "FAILED"
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._close("FAILED" if self.failed else "FINISHED")
+
+    def _close(self, status: str) -> None:
+        if self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+            self.run_id = None

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk to tiny data in a temporary outputs/ folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+
+import shallowmimic.train  # noqa: F401  (registers the ${sm.root:} resolver)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small enough for seconds on a CPU, large enough to learn something.
+TINY = ["data.num_samples=600", "data.val_size=80", "data.transfer_size=400", "data.batch_size=64",
+        "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+TINY_TEACHER = ["experiment=teacher", "model.channels=8", "model.depth=2"]
+TINY_SHALLOW = ["model.width=32"]
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    """A fresh outputs/ folder: store, artifacts, caches and run dirs of one test."""
+    return tmp_path / "outputs"
+
+
+@pytest.fixture
+def store_uri(outputs: Path) -> str:
+    return f"sqlite:///{outputs}/mlflow.db"
+
+
+@pytest.fixture
+def client(store_uri: str) -> MlflowClient:
+    return MlflowClient(store_uri)
+
+
+@pytest.fixture
+def make_cfg(outputs: Path, store_uri: str) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with the tiny overrides plus the test's own."""
+
+    def make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("train", overrides=[f"paths.outputs={outputs}", f"logger.tracking_uri={store_uri}",
+                                               *TINY, *overrides])
+
+    return make
+
+
+@pytest.fixture
+def cli(outputs: Path, store_uri: str) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m shallowmimic.train` for real (Hydra's own launch) against the test's store."""
+
+    def run(*overrides: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri}
+        return subprocess.run([sys.executable, "-m", "shallowmimic.train", f"paths.outputs={outputs}", *TINY,
+                               *overrides], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+    return run
+
+
+def runs_of(client: MlflowClient, experiment: str = "mnist1d") -> list:
+    """Every run of the experiment in the store (any status)."""
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)

@@ -1,0 +1,93 @@
+"""MNIST-1D generation, splits, standardisation, the transfer set, caches and the batch loader."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shallowmimic import cache
+from shallowmimic.data import InMemoryLoader, MNIST1DDataModule, generate_mnist1d
+
+
+def small_dm(tmp_path: Path, **kw) -> MNIST1DDataModule:
+    args = dict(num_samples=500, val_size=50, transfer_size=300, cache_dir=str(tmp_path / "cache"))
+    return MNIST1DDataModule(**(args | kw))
+
+
+def test_generator_matches_mnist1d_make_dataset() -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = 200
+    ref = make_dataset(args)
+    x, y = generate_mnist1d(200, 42)
+    x = x.astype(np.float64)
+    x = (x - x.mean()) / x.std()  # make_dataset's own scalar standardisation
+    np.testing.assert_allclose(x[:160], ref["x"], atol=1e-5)
+    np.testing.assert_array_equal(y[160:], ref["y_test"])
+
+
+def test_splits_and_standardisation(tmp_path: Path) -> None:
+    dm = small_dm(tmp_path)
+    dm.setup()
+    sizes = {k: len(v["y"]) for k, v in dm.splits.items()}
+    assert sizes == {"train": 350, "val": 50, "test": 100}
+    train = dm.splits["train"]["x"]
+    assert torch.allclose(train.mean(0), torch.zeros(40), atol=1e-5)  # per dimension, from train statistics
+    assert torch.allclose(train.std(0), torch.ones(40), atol=1e-4)
+    assert not torch.allclose(dm.splits["test"]["x"].mean(0), torch.zeros(40), atol=1e-5)  # not its own stats
+
+
+def test_transfer_set_is_new_unlabelled_data_on_the_train_scale(tmp_path: Path) -> None:
+    dm = small_dm(tmp_path)
+    t = dm.transfer_inputs()
+    assert t.shape == (300, 40)
+    nearest = torch.cdist(t, dm.splits["test"]["x"]).min(1).values
+    assert nearest.min() > 0.1  # another seed: no copies of test points
+    assert abs(t.mean().item()) < 0.2 and abs(t.std().item() - 1) < 0.2
+
+
+def test_near_duplicates_of_test_points_are_dropped(tmp_path: Path) -> None:
+    dm = small_dm(tmp_path)
+    dm.setup()
+    test = dm.splits["test"]["x"]
+    x = torch.cat([torch.randn(5, 40) * 3, test[:3] + 1e-5])
+    assert dm._far_from(x, test).tolist() == [True] * 5 + [False] * 3
+
+
+def test_generated_sets_are_cached_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_dm(tmp_path).transfer_inputs()
+    files = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(files) == 2  # the canonical set and one transfer chunk
+    monkeypatch.setattr("shallowmimic.data.generate_mnist1d", lambda *a: pytest.fail("regenerated"))
+    dm = small_dm(tmp_path)
+    assert dm.transfer_inputs().shape == (300, 40)
+
+
+def test_corrupt_cache_is_detected_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "a.npz"
+    cache.save_atomic(path, {"x": np.arange(10)})
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    assert cache.load_verified(path) is None
+    arrays, hit = cache.cached(path, lambda: {"x": np.arange(3)})
+    assert not hit and arrays["x"].tolist() == [0, 1, 2]
+    assert cache.load_verified(path)["x"].tolist() == [0, 1, 2]
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_loader_serves_every_sample_once_per_epoch_in_a_new_order() -> None:
+    x = torch.arange(10).float()
+    loader = InMemoryLoader({"x": x, "y": torch.arange(10)}, batch_size=4, shuffle=True, seed=0)
+    epochs = [torch.cat([b["x"] for b in loader]) for _ in range(2)]
+    assert len(loader) == 3 and [len(b["x"]) for b in loader] == [4, 4, 2]
+    for seen in epochs:
+        assert sorted(seen.tolist()) == list(range(10))
+    assert not torch.equal(epochs[0], epochs[1])
+    batch = next(iter(loader))
+    assert torch.equal(batch["x"].long(), batch["y"])  # fields stay aligned
+
+
+def test_eval_loader_keeps_order() -> None:
+    loader = InMemoryLoader({"x": torch.arange(5)}, batch_size=2, shuffle=False)
+    assert torch.cat([b["x"] for b in loader]).tolist() == [0, 1, 2, 3, 4]

@@ -1,0 +1,55 @@
+"""Bad input: one line naming the key and what is allowed, a non-zero exit, no MLflow run left RUNNING."""
+
+import pytest
+from mlflow import MlflowClient
+
+from shallowmimic.tracking import UserError
+from shallowmimic.train import train
+
+from .conftest import TINY_SHALLOW, runs_of
+
+BAD = [
+    (["model.width=0"], "model.width=0: must be an integer >= 1"),
+    (["model.rank=-1"], "model.rank=-1: must be an integer >= 1 or null"),
+    (["model.activation=swish"], "model.activation=swish: must be one of relu"),
+    (["optimizer.lr=0"], "optimizer.lr=0: must be a number > 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1"),
+    (["trainer.precision=8-mixed"], "trainer.precision=8-mixed: must be one of"),
+    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
+    (["data.val_size=480"], "data.val_size=480: must be between 1 and 479"),
+    (["experiment=mimic"], "teacher.run_id=null: no finished teacher run"),
+    (["experiment=mimic", "teacher.run_id=0123abcd"], "teacher.run_id=0123abcd: no such run"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_is_refused_before_any_run(make_cfg, client: MlflowClient, overrides, message) -> None:
+    with pytest.raises(UserError) as err:
+        train(make_cfg(*TINY_SHALLOW, *overrides))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+    assert [r.info.status for r in runs_of(client)] == []
+
+
+def test_cli_prints_one_line_and_exits_non_zero(cli, client: MlflowClient) -> None:
+    proc = cli("model.width=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: model.width=0: must be an integer >= 1"
+    assert "Traceback" not in proc.stderr
+    assert all(r.info.status != "RUNNING" for r in runs_of(client))
+
+
+def test_cli_unknown_group_option_lists_the_choices(cli) -> None:
+    proc = cli("data=nope")
+    assert proc.returncode != 0
+    assert "Could not find 'data/nope'" in proc.stderr and "mnist1d" in proc.stderr
+
+
+def test_a_crash_inside_the_run_marks_it_failed(make_cfg, client: MlflowClient, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("lightning.Trainer.fit", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(make_cfg("experiment=baseline", *TINY_SHALLOW))
+    assert [r.info.status for r in runs_of(client)] == ["FAILED"]
