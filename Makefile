@@ -10,12 +10,23 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # CPU build of torch: on this kind of machine it is on local disk; set TORCH= to let pip choose (e.g. CUDA).
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+TEACHER_ARGS ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 TRAIN  := $(PY) -m shallowmimic.train
 
-.PHONY: help install run teacher baseline mimic report ui test lint clean
+# make sweep: the width x rank grid of conf/sweep/width_rank.yaml unless given here; JOBS>1 runs jobs in parallel
+WIDTHS ?=
+RANKS  ?=
+SEEDS  ?=
+JOBS   ?= 1
+SWEEP   = $(if $(WIDTHS),model.width=$(WIDTHS)) $(if $(RANKS),model.rank=$(RANKS)) $(if $(SEEDS),seed=$(SEEDS)) \
+          $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) threads=$(THREADS))
+# torch threads per parallel job: the cores shared out, so jobs do not oversubscribe them
+THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
+
+.PHONY: help install run teacher baseline mimic sweep report ui test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,18 +39,23 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
 
-run: install  ## the whole pipeline on MNIST-1D: teacher, baseline, mimic, then the table
-	$(TRAIN) --multirun experiment=teacher,baseline,mimic $(ARGS)
+run: install  ## the whole pipeline on MNIST-1D: teacher, then baseline + mimic as one sweep, then the table
+	$(TRAIN) experiment=teacher $(TEACHER_ARGS)
+	$(TRAIN) --multirun experiment=baseline,mimic $(ARGS)
 	$(PY) -m shallowmimic.report
 
 teacher: install  ## train the deep teacher (ARGS="trainer.max_epochs=..." to override)
-	$(TRAIN) experiment=teacher $(ARGS)
+	$(TRAIN) experiment=teacher $(ARGS) $(TEACHER_ARGS)
 
 baseline: install  ## train the shallow net on the labels
 	$(TRAIN) experiment=baseline $(ARGS)
 
 mimic: install  ## train the shallow mimic on the newest teacher's logits
 	$(TRAIN) experiment=mimic $(ARGS)
+
+sweep: install  ## baseline + mimic over width x rank x seed under one MLflow parent, then the report
+	$(TRAIN) --multirun experiment=baseline,mimic sweep=width_rank $(SWEEP) $(ARGS)
+	$(PY) -m shallowmimic.report
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.report $(ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,8 +32,19 @@ def outputs(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, made once: creating its schema takes seconds, copying it does not."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store_uri(outputs: Path) -> str:
+def store_uri(outputs: Path, empty_store: Path) -> str:
+    """A fresh store for one test, in its outputs/ folder."""
+    outputs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_store, outputs / "mlflow.db")
     return f"sqlite:///{outputs}/mlflow.db"
 
 
@@ -58,9 +70,12 @@ def cli(outputs: Path, store_uri: str) -> Callable[..., subprocess.CompletedProc
     """Run `python -m shallowmimic.train` for real (Hydra's own launch) against the test's store."""
 
     def run(*overrides: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri}
-        return subprocess.run([sys.executable, "-m", "shallowmimic.train", f"paths.outputs={outputs}", *TINY,
-                               *overrides], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHALLOWMIMIC_")}
+        env["MLFLOW_TRACKING_URI"] = store_uri
+        flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: argparse wants flags before overrides
+        overrides = [o for o in overrides if not o.startswith("-")]
+        return subprocess.run([sys.executable, "-m", "shallowmimic.train", *flags, f"paths.outputs={outputs}",
+                               *TINY, *overrides], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
     return run
 

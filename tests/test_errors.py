@@ -10,22 +10,38 @@ from .conftest import TINY_SHALLOW, runs_of
 
 BAD = [
     (["model.width=0"], "model.width=0: must be an integer >= 1"),
+    (["model.width=wide"], "model.width=wide: must be an integer >= 1"),
     (["model.rank=-1"], "model.rank=-1: must be an integer >= 1 or null"),
-    (["model.activation=swish"], "model.activation=swish: must be one of relu"),
+    (["model.activation=swish"], "model.activation=swish: must be one of relu, tanh, gelu, sigmoid"),
+    (["experiment=teacher", "model.channels=0"], "model.channels=0: must be an integer >= 1"),
+    (["experiment=teacher", "model.pool=mean"], "model.pool=mean: must be one of max, flatten"),
+    (["model=mlp_deep", "model.hidden=[]"], "model.hidden=[]: must be a non-empty list of positive integers"),
+    (["model=mlp_deep", "model.dropout=1.5"], "model.dropout=1.5: must be a number >= 0 and <= 0.99"),
     (["optimizer.lr=0"], "optimizer.lr=0: must be a number > 0"),
+    (["optimizer.lr=fast"], "optimizer.lr=fast: must be a number > 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: must be a number >= 0"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1"),
-    (["trainer.precision=8-mixed"], "trainer.precision=8-mixed: must be one of"),
+    (["trainer.precision=8-mixed"], "trainer.precision=8-mixed: must be one of 64-true, 32-true"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator=tpu: must be one of cpu, gpu"),
+    (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1, -1 (all) or auto"),
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.val_size=480"], "data.val_size=480: must be between 1 and 479"),
+    (["data.train_split=1.5"], "data.train_split=1.5: must be a number > 0 and <= 1"),
+    (["data.transfer_size=-5"], "data.transfer_size=-5: must be an integer >= 0"),
+    (["data.num_samples=3"], "data.num_samples=3: must be an integer >= 10"),
+    (["seed=-1"], "seed=-1: must be an integer from 0 to 2**32 - 1"),
+    (["threads=0"], "threads=0: must be an integer >= 1 or null"),
+    (["logger.tracking_uri=ftp://user:secret@host/x"], "logger.tracking_uri=ftp://user:***@host/x: must be"),
     (["experiment=mimic"], "teacher.run_id=null: no finished teacher run"),
     (["experiment=mimic", "teacher.run_id=0123abcd"], "teacher.run_id=0123abcd: no such run"),
+    (["experiment=mimic", "teacher.run_id=../etc"], "teacher.run_id=../etc: must be null or an MLflow run id"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_input_is_refused_before_any_run(make_cfg, client: MlflowClient, overrides, message) -> None:
     with pytest.raises(UserError) as err:
-        train(make_cfg(*TINY_SHALLOW, *overrides))
+        train(make_cfg(*overrides))  # refused before any data or training work
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
     assert [r.info.status for r in runs_of(client)] == []

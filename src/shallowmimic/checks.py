@@ -8,50 +8,96 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic.nets import ACTIVATIONS
 from shallowmimic.system import LOSSES
-from shallowmimic.tracking import UserError
+from shallowmimic.tracking import UserError, redact
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+URI_SCHEMES = ("sqlite:///", "http://", "https://", "file:", "postgresql", "mysql", "databricks")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _positive_int(cfg: DictConfig, key: str, minimum: int = 1, optional: bool = False) -> None:
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise UserError(f"{key}={value}: must be {allowed}")
+
+
+def _int(cfg: DictConfig, key: str, minimum: int = 1, optional: bool = False) -> None:
     value = _get(cfg, key)
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
-        raise UserError(f"{key}={value}: must be {allowed}")
+        _fail(key, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
 
 
-def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...] | list[str]) -> None:
+def _number(cfg: DictConfig, key: str, low: float, high: float, low_open: bool = False) -> None:
+    value = _get(cfg, key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value <= high
+    ok = ok and (value > low if low_open else value >= low)
+    if not ok:
+        _fail(key, value, f"a number {'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}"
+                                                                           if high != float("inf") else ""))
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple | list) -> None:
     value = _get(cfg, key)
     if value not in allowed:
-        raise UserError(f"{key}={value}: must be one of {', '.join(map(str, allowed))}")
+        _fail(key, value, f"one of {', '.join(map(str, allowed))}")
 
 
 def check(cfg: DictConfig) -> None:
     """Raise UserError on the first bad value."""
-    if "width" in cfg.model:
-        _positive_int(cfg, "model.width")
-        _positive_int(cfg, "model.rank", optional=True)
-    if "activation" in cfg.model:
+    model = cfg.model
+    if "width" in model:
+        _int(cfg, "model.width")
+        _int(cfg, "model.rank", optional=True)
+    for key in ("channels", "depth", "kernel_size"):
+        if key in model:
+            _int(cfg, f"model.{key}")
+    if "hidden" in model and not (OmegaConf.is_list(model.hidden) and len(model.hidden) > 0 and all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in model.hidden)):
+        _fail("model.hidden", _get(cfg, "model.hidden"), "a non-empty list of positive integers")
+    if "dropout" in model:
+        _number(cfg, "model.dropout", 0, 0.99)
+    if "activation" in model:
         _choice(cfg, "model.activation", list(ACTIVATIONS))
+    if "pool" in model:
+        _choice(cfg, "model.pool", ["max", "flatten"])
+
     _choice(cfg, "objective.name", list(LOSSES))
-    _positive_int(cfg, "trainer.max_epochs")
-    _positive_int(cfg, "data.batch_size")
-    _positive_int(cfg, "data.eval_batch_size")
-    _positive_int(cfg, "data.val_size")
-    _positive_int(cfg, "data.transfer_size", minimum=0)
+    _choice(cfg, "objective.mode", ["min", "max"])
+    _number(cfg, "optimizer.lr", 0, float("inf"), low_open=True)
+    _number(cfg, "optimizer.weight_decay", 0, float("inf"))
+
+    _int(cfg, "trainer.max_epochs")
     _choice(cfg, "trainer.precision", PRECISIONS)
-    lr = _get(cfg, "optimizer.lr")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise UserError(f"optimizer.lr={lr}: must be a number > 0")
-    if not isinstance(_get(cfg, "seed"), int):
-        raise UserError(f"seed={_get(cfg, 'seed')}: must be an integer")
+    _choice(cfg, "trainer.accelerator", ACCELERATORS)
+    devices = _get(cfg, "trainer.devices")
+    if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool)
+                                  and (devices >= 1 or devices == -1))):
+        _fail("trainer.devices", devices, "an integer >= 1, -1 (all) or auto")
+    _int(cfg, "trainer.num_nodes", optional=True)
+
+    _int(cfg, "data.num_samples", minimum=10)
+    _number(cfg, "data.train_split", 0, 1, low_open=True)
+    _int(cfg, "data.batch_size")
+    _int(cfg, "data.eval_batch_size")
+    _int(cfg, "data.val_size")
+    _int(cfg, "data.transfer_size", minimum=0)
+    _int(cfg, "data.transfer_seed", minimum=0)
+    _number(cfg, "data.dup_tol", 0, float("inf"))
     n_train = int(cfg.data.num_samples * cfg.data.train_split)
-    if not 0 < cfg.data.val_size < n_train:
-        raise UserError(f"data.val_size={cfg.data.val_size}: must be between 1 and {n_train - 1} "
-                        f"(the training split has {n_train} samples)")
+    if not cfg.data.val_size < n_train:
+        _fail("data.val_size", cfg.data.val_size, f"between 1 and {n_train - 1} (the training split has {n_train})")
+
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        _fail("seed", seed, "an integer from 0 to 2**32 - 1")
+    _int(cfg, "threads", optional=True)
+    uri = str(_get(cfg, "logger.tracking_uri"))
+    if not uri.startswith(URI_SCHEMES):
+        _fail("logger.tracking_uri", redact(uri), f"a tracking URI starting with {', '.join(URI_SCHEMES)}")
+    teacher = _get(cfg, "teacher.run_id")
+    if teacher is not None and not (isinstance(teacher, str) and teacher.isalnum()):
+        _fail("teacher.run_id", teacher, "null or an MLflow run id (letters and digits)")

@@ -41,6 +41,8 @@ class InMemoryLoader:
     def _n_local(self) -> int:
         n = len(next(iter(self.tensors.values())))
         rank, world = self._rank_world()
+        if self.shuffle:
+            n -= n % world  # training: every rank takes the same number of steps, or DDP's all-reduce hangs
         return len(range(rank, n, world))
 
     def __len__(self) -> int:
@@ -54,7 +56,8 @@ class InMemoryLoader:
             order = torch.arange(n)
             if self.shuffle:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-            order = order[rank::world]
+                order = order[: n - n % world]
+            order = order[rank::world]  # evaluation: strided, so every sample is scored exactly once
             tensors = {k: v[order] for k, v in tensors.items()}  # one gather per epoch, then cheap views
         self.epoch += 1
         for i in range(0, len(next(iter(tensors.values()))), self.batch_size):

@@ -53,23 +53,22 @@ class DeepMLP(nn.Module):
 
 
 class CNN1D(nn.Module):
-    """A 1D CNN teacher for sequences such as MNIST-1D: conv layers with stride 2 after the first, then linear."""
+    """A 1D CNN teacher for sequences such as MNIST-1D: `depth` same-length conv layers, then a global max pool
+    (translation invariant, as MNIST-1D's digits move by up to 48 steps) or a flatten, then a linear layer."""
 
-    def __init__(self, in_dim: int, num_classes: int, channels: int = 64, depth: int = 4, kernel_size: int = 5,
-                 activation: str = "relu") -> None:
+    def __init__(self, in_dim: int, num_classes: int, channels: int = 64, depth: int = 4, kernel_size: int = 3,
+                 pool: str = "max", activation: str = "relu") -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        length, in_ch = in_dim, 1
         for i in range(depth):
-            stride = 1 if i == 0 else 2  # keep full resolution for the first filters, then halve
-            layers += [nn.Conv1d(in_ch, channels, kernel_size, stride=stride, padding=kernel_size // 2),
+            layers += [nn.Conv1d(1 if i == 0 else channels, channels, kernel_size, padding=kernel_size // 2),
                        ACTIVATIONS[activation]()]
-            length = (length + 2 * (kernel_size // 2) - kernel_size) // stride + 1
-            in_ch = channels
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels * length, num_classes)
+        self.pool = pool
+        self.head = nn.Linear(channels if pool == "max" else channels * in_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, C) logits."""
-        h = self.features(x.flatten(1).unsqueeze(1))  # (B, 1, L) -> (B, channels, L')
-        return self.head(h.flatten(1))
+        h = self.features(x.flatten(1).unsqueeze(1))  # (B, 1, L) -> (B, channels, L)
+        h = h.amax(-1) if self.pool == "max" else h.flatten(1)
+        return self.head(h)

@@ -1,4 +1,5 @@
-"""Read finished runs from MLflow and print the paper-style table (mean +- std over seeds).
+"""Read finished runs from MLflow: the paper-style table (mean +- std over seeds), accuracy against parameters,
+and training curves of baseline vs mimic; written under outputs/reports/ and logged to the sweep's parent run.
 
     python -m shallowmimic.report                    # the newest sweep (e.g. the one `make run` launched)
     python -m shallowmimic.report --parent RUN_ID    # one sweep
@@ -13,8 +14,13 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -28,8 +34,10 @@ def default_outputs() -> Path:
     return (root if (root / "pyproject.toml").exists() else Path.cwd()) / "outputs"
 
 
-def fetch_runs(client: MlflowClient, experiment: str, parent: str | None, everything: bool) -> list[Run]:
-    """FINISHED runs of one sweep (the newest by default) or of the whole experiment."""
+def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
+               everything: bool) -> tuple[list[Run], str | None]:
+    """FINISHED runs of one sweep (the newest by default) with their teachers, or of the whole experiment;
+    and the sweep's parent run id."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"error: experiment={experiment}: not in the store; run `make run` first")
@@ -48,7 +56,43 @@ def fetch_runs(client: MlflowClient, experiment: str, parent: str | None, everyt
         runs += page
         token = page.token
         if not token:
-            return runs
+            break
+    # the teachers the sweep's mimics learned from (lineage tag), so the table compares against them
+    have = {r.info.run_id for r in runs}
+    teachers = {r.data.tags["teacher_run_id"] for r in runs if "teacher_run_id" in r.data.tags} - have
+    return runs + [client.get_run(run_id) for run_id in sorted(teachers)], parent
+
+
+@dataclass
+class Group:
+    """The runs of one configuration (role, model, width, rank) across seeds."""
+
+    role: str
+    model: str
+    width: str
+    rank: str
+    params: int
+    runs: list[Run]
+
+    def values(self, metric: str) -> list[float]:
+        """The metric of every run that logged it."""
+        return [r.data.metrics[metric] for r in self.runs if metric in r.data.metrics]
+
+    @property
+    def label(self) -> str:
+        return self.role if self.rank == "-" else f"{self.role} k={self.rank}"
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped by configuration, in the paper's order: teacher, baseline, mimic; then by size."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        p = run.data.params
+        rank = p.get("model.rank", "None")
+        groups[(run.data.tags.get("role", "?"), p.get("model.name", "?"), p.get("model.width", "-"),
+                "-" if rank == "None" else rank, int(p.get("n_params", 0)))].append(run)
+    return [Group(*key, members) for key, members in
+            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][4]))]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -60,25 +104,63 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
 
 
-def table(runs: list[Run]) -> list[dict[str, str]]:
-    """One row per (role, model, width, rank): test accuracy and agreement as mean +- std over seeds."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        p = run.data.params
-        groups[(run.data.tags.get("role", "?"), p.get("model.name", "?"), p.get("model.width", "-"),
-                p.get("model.rank", "None"), p.get("n_params", "?"))].append(run)
+def table(groups: list[Group]) -> list[dict[str, str]]:
+    """One row per group: test accuracy and agreement as mean +- std over seeds."""
     rows = []
-    for (role, model, width, rank, params), members in sorted(
-            groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), int(kv[0][4]), kv[0][2])):
-        def metric(name: str, members: list[Run] = members) -> list[float]:
-            return [r.data.metrics[name] for r in members if name in r.data.metrics]
-
-        epochs = metric("val/best_epoch")
-        rows.append({"role": role, "model": model, "width": width, "rank": "-" if rank == "None" else rank,
-                     "params": f"{int(params):,}", "seeds": str(len(members)),
-                     "test acc": _mean_std(metric("test/acc")), "agreement": _mean_std(metric("test/agreement")),
+    for g in groups:
+        epochs = g.values("val/best_epoch")
+        rows.append({"role": g.role, "model": g.model, "width": g.width, "rank": g.rank, "params": f"{g.params:,}",
+                     "seeds": str(len(g.runs)), "test acc": _mean_std(g.values("test/acc")),
+                     "agreement": _mean_std(g.values("test/agreement")),
                      "epochs": f"{statistics.fmean(epochs) + 1:.0f}" if epochs else "-"})
     return rows
+
+
+def plot_accuracy(groups: list[Group], path: Path) -> None:
+    """Test accuracy against parameters (log x), as the paper's Figure 1: the teacher as a line, one series for
+    each (role, rank) of the shallow nets, error bars one standard deviation over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        if g.role == "teacher":
+            acc = 100 * statistics.fmean(g.values("test/acc"))
+            ax.axhline(acc, color="black", linestyle=":", label=f"teacher {g.model} ({g.params:,} params)")
+        elif g.values("test/acc"):
+            series[g.label].append(g)
+    for label, members in sorted(series.items()):
+        members.sort(key=lambda g: g.params)
+        accs = [[100 * v for v in g.values("test/acc")] for g in members]
+        ax.errorbar([g.params for g in members], [statistics.fmean(a) for a in accs],
+                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], marker="o", capsize=3,
+                    linestyle="--" if label.startswith("baseline") else "-", label=label)
+    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)", title="Shallow nets: labels vs mimic")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
+    """Validation accuracy per epoch of baseline vs mimic at the largest width both have (first seed of each);
+    False when there is no such pair."""
+    shallow = {(g.role, g.width, g.rank): g for g in groups if g.role in ("baseline", "mimic")}
+    pairs = [(w, k) for (role, w, k) in shallow if role == "mimic" and ("baseline", w, k) in shallow]
+    if not pairs:
+        return False
+    width, rank = max(pairs, key=lambda wk: (int(wk[0]), wk[1] == "-"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for role in ("baseline", "mimic"):
+        run = min(shallow[(role, width, rank)].runs, key=lambda r: int(r.data.params.get("seed", 0)))
+        history = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: m.step)
+        ax.plot(range(1, len(history) + 1), [100 * m.value for m in history], label=f"{role} ({run.info.run_name})")
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"width {width}, rank {rank}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
@@ -99,19 +181,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=default_outputs() / "reports")
     args = parser.parse_args(argv)
 
-    runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.parent, args.all)
+    client = MlflowClient(args.tracking_uri)
+    runs, parent = fetch_runs(client, args.experiment, args.parent, args.all)
     if not runs:
         print("error: no finished runs to report", file=sys.stderr)
         return 1
-    rows = table(runs)
+    groups = group_runs(runs)
+    rows = table(groups)
     text = markdown(rows)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.experiment}.md").write_text(text + "\n")
-    with open(args.out / f"{args.experiment}.csv", "w", newline="") as f:
+    stem = args.out / args.experiment
+    files = [stem.with_suffix(".md"), stem.with_suffix(".csv"), Path(f"{stem}_accuracy.png")]
+    files[0].write_text(text + "\n")
+    with open(files[1], "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    plot_accuracy(groups, files[2])
+    if plot_curves(client, groups, Path(f"{stem}_curves.png")):
+        files.append(Path(f"{stem}_curves.png"))
+    if parent:  # the report belongs to its sweep: browse it in the UI beside the runs it summarises
+        for file in files:
+            client.log_artifact(parent, str(file), "report")
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -45,19 +46,29 @@ def find_teacher(client: MlflowClient, experiment_id: str, run_id: str | None) -
     return runs[0]
 
 
+def weights_digest(state: dict[str, Tensor]) -> str:
+    """sha256 of a state dict's names and tensor bytes: equal weights give equal keys, whatever else the checkpoint
+    file holds (paths, loop state), so a retrained but identical teacher reuses its cached logits."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_teacher(client: MlflowClient, run: Run, dm: MNIST1DDataModule) -> tuple[nn.Module, str]:
-    """The teacher's net in eval mode with its best weights, and the sha256 of its checkpoint file."""
+    """The teacher's net in eval mode with its best weights, and the sha256 of those weights."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(client.download_artifacts(run.info.run_id, CHECKPOINT, tmp))
         cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, CONFIG, tmp))
-        digest = sha256_file(ckpt)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     if cfg.data.name != dm.name:
         raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained on data={cfg.data.name}, "
                         f"this run uses data={dm.name}")
     net = instantiate(cfg.model, in_dim=dm.in_dim, num_classes=dm.num_classes)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return net.eval().requires_grad_(False), digest
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    net.load_state_dict(weights)
+    return net.eval().requires_grad_(False), weights_digest(weights)
 
 
 @torch.no_grad()
@@ -65,11 +76,11 @@ def _logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> np.ndarray:
     return torch.cat([net(part) for part in x.split(batch_size)]).numpy()
 
 
-def teacher_logits(net: nn.Module, checkpoint_sha: str, dm: MNIST1DDataModule,
+def teacher_logits(net: nn.Module, weights_sha: str, dm: MNIST1DDataModule,
                    cache_dir: str | Path) -> tuple[dict[str, Tensor], str, bool]:
-    """The teacher's logits for every split the mimic uses, from a cache keyed by the checkpoint's hash and the
+    """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
     data spec (deterministic, un-augmented inputs only), computed once. Returns (logits, file sha256, hit)."""
-    key = spec_key({"checkpoint": checkpoint_sha, "data": dm.spec()})
+    key = spec_key({"teacher_weights": weights_sha, "data": dm.spec()})
     path = Path(cache_dir) / f"logits-{key}.npz"
     inputs = dm.teacher_inputs()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,43 @@ def finished_or_failed(client: MlflowClient, run_id: str) -> Iterator[None]:
     client.set_terminated(run_id, "FINISHED")
 
 
+class RunLog:
+    """One MLflow run as one process sees it: the writer (rank 0) records; other DDP ranks only know the id."""
+
+    def __init__(self, client: MlflowClient, run_id: str | None, writer: bool) -> None:
+        self.client, self.run_id, self.writer = client, run_id, writer
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if self.writer:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def params(self, params: dict[str, object]) -> None:
+        if self.writer:
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def metrics(self, metrics: dict[str, float]) -> None:
+        if self.writer:
+            for key, value in metrics.items():
+                self.client.log_metric(self.run_id, key, value)
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if self.writer:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def text(self, text: str, name: str) -> None:
+        if self.writer:
+            self.client.log_text(self.run_id, text, name)
+
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """The writer ends the run FINISHED or FAILED with the block."""
+        if not self.writer:
+            yield
+            return
+        with finished_or_failed(self.client, self.run_id):
+            yield
+
+
 def sweep_parent(sweep_dir: str | None) -> str | None:
     """The MLflow parent run id of the Hydra sweep this job belongs to, if any."""
     if sweep_dir is None:
@@ -114,12 +151,13 @@ def sweep_parent(sweep_dir: str | None) -> str | None:
 
 class SweepParentRun(Callback):
     """Hydra callback: before a multirun's jobs start, create the store, the experiment and one parent run that
-    every job nests under (tag `mlflow.parentRunId`); end it FINISHED, or FAILED if any job failed."""
+    every job nests under (tag `mlflow.parentRunId`); end it FINISHED, or FAILED if any job failed.
+
+    Creating the store here, once, also keeps parallel jobs from racing on a new SQLite store's schema."""
 
     def __init__(self) -> None:
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
-        self.failed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.client, experiment_id = open_store(config.logger)
@@ -132,11 +170,14 @@ class SweepParentRun(Callback):
         # Hydra raises after the jobs when one failed, skipping on_multirun_end: close the parent at exit then.
         atexit.register(self._close, "FAILED")
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        self.failed |= job_return.status.name == "FAILED"
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._close("FAILED" if self.failed else "FINISHED")
+        if self.client is None or self.run_id is None:
+            return
+        # ask the store, not this process: with a parallel launcher the jobs ran elsewhere
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        failed = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}' and "
+                                         "attributes.status != 'FINISHED'", max_results=1)
+        self._close("FAILED" if failed else "FINISHED")
 
     def _close(self, status: str) -> None:
         if self.client is not None and self.run_id is not None:

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -18,17 +21,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from shallowmimic.checks import check
 from shallowmimic.nets import n_params
 from shallowmimic.system import System
 from shallowmimic.teacher import CONFIG, find_teacher, load_teacher, teacher_logits
 from shallowmimic.tracking import (
+    RunLog,
     UserError,
-    finished_or_failed,
     flat_params,
     git_commit,
     open_store,
@@ -38,6 +42,9 @@ from shallowmimic.tracking import (
 )
 
 log = logging.getLogger(__name__)
+
+# Rank 0 hands the run and the teacher it chose to the DDP processes Lightning starts (they inherit its env).
+RUN_ENV, TEACHER_ENV = "SHALLOWMIMIC_RUN_ID", "SHALLOWMIMIC_TEACHER_RUN_ID"
 
 
 def project_root() -> str:
@@ -65,15 +72,44 @@ def run_name(cfg: DictConfig, role: str) -> str:
     return f"{role} {shape} seed={cfg.seed}"
 
 
+def prepare_ddp_relaunch(hydra_cfg: HydraConfig | None) -> None:
+    """Lightning's DDP re-executes `sys.argv` for ranks > 0, adding `hydra.run.dir=<run.dir>`: inside a multirun
+    that would relaunch the whole sweep into a fresh timestamped dir. Make it this one job, in this job's dir."""
+    if hydra_cfg is None:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+@contextmanager
+def job_scoped_distributed_state() -> Iterator[None]:
+    """Lightning's DDP leaves its environment (LOCAL_RANK, MASTER_PORT, ...) and process group behind in rank 0;
+    the next job of a multirun would take them for an external launcher's and hang. Undo both after each job."""
+    env = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key in set(os.environ) - set(env):
+            del os.environ[key]
+        os.environ.update(env)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, test its best-on-validation checkpoint once, log everything; return test metrics."""
     started = time.perf_counter()
     check(cfg)
     role = role_of(cfg)
+    rank = rank_zero_only.rank  # > 0 in the processes Lightning's DDP launches: they log nothing themselves
     client, experiment_id = open_store(cfg.logger)
+    teacher_id = (os.environ.get(TEACHER_ENV) if rank else None) or cfg.teacher.run_id  # rank 0's choice wins
     # A mimic without a teacher fails here, before any MLflow run exists.
-    teacher_run = find_teacher(client, experiment_id, cfg.teacher.run_id) if role == "mimic" else None
+    teacher_run = find_teacher(client, experiment_id, teacher_id) if role == "mimic" else None
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     dm.setup()
@@ -81,49 +117,55 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-    tags = {"role": role, "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
-            "hydra.overrides": " ".join(hydra_cfg.overrides.task) if hydra_cfg else ""}
-    parent = sweep_parent(hydra_cfg.sweep.dir) if multirun else None
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    if teacher_run:
-        tags["teacher_run_id"] = teacher_run.info.run_id
-    params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
-    params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))}
-    run_id = start_run(client, experiment_id, run_name(cfg, role), tags, params)
-
-    with finished_or_failed(client, run_id):
-        run_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path(cfg.paths.outputs) / "runs" / run_id
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), CONFIG)
+    if rank == 0:
+        tags = {"role": role, "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
+                "hydra.overrides": " ".join(hydra_cfg.overrides.task) if hydra_cfg else ""}
+        parent = sweep_parent(hydra_cfg.sweep.dir) if multirun else None
+        if parent:
+            tags["mlflow.parentRunId"] = parent
         if teacher_run:
-            teacher_net, checkpoint_sha = load_teacher(client, teacher_run, dm)
-            logits, logits_sha, hit = teacher_logits(teacher_net, checkpoint_sha, dm, Path(cfg.paths.cache) / "logits")
+            tags["teacher_run_id"] = os.environ[TEACHER_ENV] = teacher_run.info.run_id
+        params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
+        params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))}
+        os.environ[RUN_ENV] = start_run(client, experiment_id, run_name(cfg, role), tags, params)
+    run = RunLog(client, os.environ.get(RUN_ENV), writer=rank == 0)
+
+    with run.closing(), job_scoped_distributed_state():
+        run_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path(cfg.paths.outputs) / "runs" / run.run_id
+        run.text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG)
+        if teacher_run:
+            # rank 0 builds the cache before Lightning starts the other ranks; they find it there
+            teacher_net, weights_sha = load_teacher(client, teacher_run, dm)
+            logits, logits_sha, hit = teacher_logits(teacher_net, weights_sha, dm, Path(cfg.paths.cache) / "logits")
             dm.attach_logits(logits)
-            client.set_tag(run_id, "teacher_checkpoint_sha256", checkpoint_sha)
-            client.set_tag(run_id, "teacher_logits_sha256", logits_sha)
-            client.set_tag(run_id, "logits_cache", "hit" if hit else "miss")
-            client.log_param(run_id, "data.n_transfer", len(dm.transfer_inputs()))
-            client.log_param(run_id, "data.n_duplicates_dropped", dm.n_duplicates_dropped)
+            run.tags({"teacher_weights_sha256": weights_sha, "teacher_logits_sha256": logits_sha,
+                      "logits_cache": "hit" if hit else "miss"})
+            run.params({"data.n_transfer": len(dm.transfer_inputs()),
+                        "data.n_duplicates_dropped": dm.n_duplicates_dropped})
 
         system = System(net, cfg.objective.name, instantiate(cfg.optimizer), dm.num_classes)
-        checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / run_id, filename="best",
+        checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                      monitor=cfg.objective.monitor, mode=cfg.objective.mode)
-        logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id)
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
+        logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run.run_id)
+        # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
+        bar = [RichProgressBar(refresh_rate=2)] if cfg.trainer.get("enable_progress_bar", True) else []
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint, *bar],
                                          default_root_dir=str(run_dir))
+        run.params({"trainer.world_size": trainer.world_size,
+                    "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
+        prepare_ddp_relaunch(hydra_cfg)
         fit_started = time.perf_counter()
         trainer.fit(system, datamodule=dm)
         fit_s = time.perf_counter() - fit_started
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]
 
-        client.log_artifact(run_id, checkpoint.best_model_path, "checkpoints")
+        run.artifact(checkpoint.best_model_path, "checkpoints")
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-        client.log_metric(run_id, "val/best_epoch", best["epoch"])
-        client.log_metric(run_id, "train/epochs", trainer.current_epoch)
-        client.log_metric(run_id, "time/fit_s", fit_s)
-        client.log_metric(run_id, "time/total_s", time.perf_counter() - started)
-    summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-    print(f"[{run_name(cfg, role)}] run {run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
+        run.metrics({"val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
+                     "time/fit_s": fit_s, "time/total_s": time.perf_counter() - started})
+    if rank == 0:
+        summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"[{run_name(cfg, role)}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
     return metrics
 
 

@@ -1,0 +1,55 @@
+"""Hydra multiruns: jobs nest under one MLflow parent; failures are recorded and the sweep goes on."""
+
+import pytest
+from mlflow import MlflowClient
+
+from shallowmimic.report import main as report_main
+
+from .conftest import TINY_TEACHER, runs_of
+
+
+def children(client: MlflowClient) -> tuple[object, list]:
+    """The single sweep parent run in the store and its child runs."""
+    runs = runs_of(client)
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, kids
+
+
+def test_width_rank_sweep_nests_under_one_parent_and_reports(cli, client: MlflowClient, outputs, store_uri) -> None:
+    assert cli(*TINY_TEACHER).returncode == 0
+    proc = cli("-m", "experiment=mimic", "sweep=smoke")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parent, kids = children(client)
+    assert parent.info.status == "FINISHED"
+    assert sorted((r.data.params["model.width"], r.data.params["model.rank"]) for r in kids) == [
+        ("256", "8"), ("256", "None"), ("64", "8"), ("64", "None")]
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    assert sorted(r.data.tags["logits_cache"] for r in kids) == ["hit", "hit", "hit", "miss"]  # one teacher pass
+    job_dirs = sorted(p.name for p in next((outputs / "multiruns").iterdir()).iterdir() if p.is_dir())
+    assert len(job_dirs) == 4 and "model.rank=null,model.width=64" in job_dirs[0]  # named by the overrides
+    assert not any("paths.outputs" in d for d in job_dirs)  # ... that matter: no plumbing
+    assert report_main(["--tracking-uri", store_uri, "--out", str(outputs / "reports")]) == 0
+    table = (outputs / "reports" / "mnist1d.md").read_text()
+    assert table.count("| mimic |") == 4 and table.count("| teacher |") == 1
+
+
+def test_a_failing_job_is_failed_and_the_others_finish(cli, client: MlflowClient) -> None:
+    # lr=1e30 makes the loss blow up at the first steps: the NaN guard must stop that job, not the sweep
+    proc = cli("-m", "experiment=baseline", "model.width=16", "optimizer.lr=1e30,1e-3")
+    assert proc.returncode != 0  # Hydra reports the failure after running every job
+    assert "train/loss is" in proc.stderr
+    parent, kids = children(client)
+    assert sorted((r.data.params["optimizer.lr"], r.info.status) for r in kids) == [
+        ("0.001", "FINISHED"), ("1e+30", "FAILED")]
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("n_jobs", [2])
+def test_parallel_sweep_loses_no_run(cli, client: MlflowClient, n_jobs: int) -> None:
+    proc = cli("-m", "experiment=baseline", "model.width=8,16,24,32", "hydra/launcher=joblib",
+               f"hydra.launcher.n_jobs={n_jobs}", "threads=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parent, kids = children(client)
+    assert sorted(int(r.data.params["model.width"]) for r in kids) == [8, 16, 24, 32]
+    assert {r.info.status for r in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
