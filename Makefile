@@ -26,7 +26,7 @@ SWEEP   = $(if $(WIDTHS),model.width=$(WIDTHS)) $(if $(RANKS),model.rank=$(RANKS
 # torch threads per parallel job: the cores shared out, so jobs do not oversubscribe them
 THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
-.PHONY: help install run teacher baseline mimic sweep report ui test lint clean
+.PHONY: help install run teacher baseline mimic sweep report bench ui test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ sweep: install  ## baseline + mimic over width x rank x seed under one MLflow pa
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.report $(ARGS)
+
+bench: install  ## throughput: plain loop vs our Lightning path, cached vs online teacher, GFLOP/s (ARGS="--width 8192")
+	$(PY) -m shallowmimic.bench $(ARGS)
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
 	mkdir -p outputs
