@@ -19,13 +19,15 @@ def teacher_run(make_cfg, client: MlflowClient):
     return run
 
 
-def test_teacher_run_is_recorded(teacher_run) -> None:
+def test_teacher_run_is_recorded(teacher_run, client: MlflowClient) -> None:
     assert teacher_run.info.status == "FINISHED"
     assert teacher_run.info.run_name == "teacher CNN1D seed=0"
     assert teacher_run.data.tags["role"] == "teacher"
     assert teacher_run.data.params["model.name"] == "CNN1D"
     assert int(teacher_run.data.params["n_params"]) > 0
     assert {"train/loss", "val/acc", "test/acc", "val/best_epoch"} <= set(teacher_run.data.metrics)
+    history = [m.value for m in client.get_metric_history(teacher_run.info.run_id, "val/acc")]
+    assert len(history) == 2 and teacher_run.data.metrics["val/best_acc"] == max(history)  # chosen on validation
 
 
 def test_mimic_learns_from_the_teacher_and_reuses_its_logits(teacher_run, make_cfg, client: MlflowClient,

@@ -53,3 +53,19 @@ def test_parallel_sweep_loses_no_run(cli, client: MlflowClient, n_jobs: int) -> 
     parent, kids = children(client)
     assert sorted(int(r.data.params["model.width"]) for r in kids) == [8, 16, 24, 32]
     assert {r.info.status for r in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
+
+
+def test_optuna_sweep_maximises_validation_accuracy(cli, client: MlflowClient, outputs) -> None:
+    proc = cli("-m", "experiment=baseline", "model.width=16", "sweep=lr_optuna", "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parent, kids = children(client)
+    assert len(kids) == 2 and {r.info.status for r in kids} == {"FINISHED"}
+    (optimum,) = (outputs / "multiruns").glob("*/optimization_results.yaml")
+    best = max(r.data.metrics["val/best_acc"] for r in kids)
+    assert f"best_value: {best}" in optimum.read_text()  # Optuna saw validation accuracy, not test accuracy
+
+
+def test_slurm_launcher_config_composes(cli) -> None:
+    proc = cli("--cfg=hydra", "hydra/launcher=slurm")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SlurmLauncher" in proc.stdout and "tasks_per_node: 1" in proc.stdout

@@ -1,8 +1,8 @@
 """Throughput of student training, all in one process, on the same data, model and batch size:
 
   (a) a plain PyTorch loop that slices in-memory tensors (the reference),
-  (b) our training path exactly as train.py builds it: System + InMemoryLoader + lightning.Trainer from the
-      composed Hydra config, MLFlowLogger writing to a real store, progress bar on,
+  (b) our training path: System + InMemoryLoader + train.build_trainer from the composed Hydra config
+      (MLFlowLogger writing to a real store, progress bar on),
   (c) the mimic step on cached logits vs online distillation (the frozen teacher run forward every step),
   (d) the student's achieved GFLOP/s against a plain matmul's on this machine.
 
@@ -29,7 +29,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric
 from omegaconf import DictConfig
 from torch import nn
@@ -38,7 +37,7 @@ from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.nets import n_params
 from shallowmimic.system import System, mimic_loss
 from shallowmimic.tracking import finished_or_failed, git_commit, open_store, redact, start_run
-from shallowmimic.train import project_root
+from shallowmimic.train import build_trainer, project_root
 
 IN_DIM, NUM_CLASSES = 40, 10  # MNIST-1D's shapes
 
@@ -150,9 +149,7 @@ def lightning_sps(cfg: DictConfig, data: Batch, run_id: str) -> float:
     system = System(make_net(cfg), cfg.objective.name, instantiate(cfg.optimizer), NUM_CLASSES)
     loader = InMemoryLoader(data, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     speed = Throughput()
-    logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[speed],
-                                     default_root_dir=str(Path(cfg.paths.outputs) / "bench"))
+    trainer = build_trainer(cfg, run_id, [speed], Path(cfg.paths.outputs) / "bench")
     trainer.fit(system, train_dataloaders=loader)
     return speed.sps
 

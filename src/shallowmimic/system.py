@@ -44,6 +44,7 @@ class System(L.LightningModule):
             "agreement": MulticlassAccuracy(num_classes, average="micro"),
             "logit_mse": MeanSquaredError(),
         }) for s in STAGES})
+        self.val_acc_by_epoch: dict[int, float] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, D) inputs -> (B, C) logits."""
@@ -76,6 +77,9 @@ class System(L.LightningModule):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
+        acc = self.metrics["val_metrics"]["acc"]
+        if acc.update_called and not self.trainer.sanity_checking:
+            self.val_acc_by_epoch[self.current_epoch] = float(acc.compute())  # cached: logging reuses it
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:

@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -80,6 +80,15 @@ def prepare_ddp_relaunch(hydra_cfg: HydraConfig | None) -> None:
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def build_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path) -> L.Trainer:
+    """The configured Lightning Trainer, logging into MLflow run `run_id`."""
+    logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id)
+    # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
 
 @contextmanager
@@ -146,11 +155,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         system = System(net, cfg.objective.name, instantiate(cfg.optimizer), dm.num_classes)
         checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                      monitor=cfg.objective.monitor, mode=cfg.objective.mode)
-        logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run.run_id)
-        # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
-        bar = [RichProgressBar(refresh_rate=2)] if cfg.trainer.get("enable_progress_bar", True) else []
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint, *bar],
-                                         default_root_dir=str(run_dir))
+        trainer = build_trainer(cfg, run.run_id, [checkpoint], run_dir)
         run.params({"trainer.world_size": trainer.world_size,
                     "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
         prepare_ddp_relaunch(hydra_cfg)
@@ -161,8 +166,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         run.artifact(checkpoint.best_model_path, "checkpoints")
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-        run.metrics({"val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
-                     "time/fit_s": fit_s, "time/total_s": time.perf_counter() - started})
+        # validation accuracy of the chosen checkpoint: what sweepers may optimise (never the test split)
+        metrics["val/best_acc"] = system.val_acc_by_epoch[best["epoch"]]
+        run.metrics({"val/best_acc": metrics["val/best_acc"], "val/best_epoch": best["epoch"],
+                     "train/epochs": trainer.current_epoch, "time/fit_s": fit_s,
+                     "time/total_s": time.perf_counter() - started})
     if rank == 0:
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"[{run_name(cfg, role)}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
@@ -170,10 +178,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Run one job; a user's mistake ends it with one line on stderr and exit status 2."""
+def main(cfg: DictConfig) -> float:
+    """Run one job and return its best validation accuracy (the value a sweeper such as Optuna maximises); a
+    user's mistake ends it with one line on stderr and exit status 2."""
     try:
-        return train(cfg).get("test/acc")
+        return train(cfg)["val/best_acc"]
     except UserError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and goes on with the others
