@@ -14,6 +14,9 @@ TEACHER_ARGS ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
+# make server: its database (e.g. SERVER_STORE=postgresql://user@127.0.0.1:5432/mlflow); artifacts are served from here
+SERVER_STORE ?= $(STORE)
+SERVED_ARTIFACTS ?= $(CURDIR)/outputs/mlartifacts-served
 TRAIN  := $(PY) -m shallowmimic.train
 
 # make sweep: the width x rank grid of conf/sweep/width_rank.yaml unless given here; JOBS>1 runs jobs in parallel
@@ -26,7 +29,7 @@ SWEEP   = $(if $(WIDTHS),model.width=$(WIDTHS)) $(if $(RANKS),model.rank=$(RANKS
 # torch threads per parallel job: the cores shared out, so jobs do not oversubscribe them
 THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
-.PHONY: help install run teacher baseline mimic sweep report bench ui test lint clean
+.PHONY: help install run teacher baseline mimic sweep report bench ui server test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +70,11 @@ ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
 	mkdir -p outputs
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/outputs/mlartifacts \
 		--host $(HOST) --port $(PORT)
+
+server: install  ## an MLflow tracking server on http://$(HOST):$(PORT) over SERVER_STORE, serving artifacts
+	mkdir -p outputs
+	$(VENV)/bin/mlflow server --backend-store-uri $(SERVER_STORE) --serve-artifacts \
+		--artifacts-destination $(SERVED_ARTIFACTS) --host $(HOST) --port $(PORT)
 
 test: install  ## the test suite (tiny data, CPU)
 	$(PY) -m pytest -q $(ARGS)
