@@ -38,6 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c 'import torch' 2>/dev/null || { [ -z "$(TORCH)" ] || $(PIP) install "$(TORCH)"; }
 	$(PIP) install -e '.[dev]'
+	mkdir -p outputs
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev tools
@@ -83,5 +84,5 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check src tests
 
 clean:  ## remove outputs (runs, store, caches) and the venv
-	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf outputs && mkdir -p outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
