@@ -1,3 +1,12 @@
 """shallowmimic: do deep nets really need to be deep? (Ba & Caruana, 2014) as a tracked pipeline."""
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+
+def project_root() -> Path:
+    """The folder holding pyproject.toml (editable install): outputs/ and conf/ live there, whatever the working
+    directory; else the working directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").exists() else Path.cwd()

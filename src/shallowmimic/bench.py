@@ -33,11 +33,12 @@ from mlflow.entities import Metric
 from omegaconf import DictConfig
 from torch import nn
 
+from shallowmimic import project_root
 from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.nets import n_params
 from shallowmimic.system import System, mimic_loss
 from shallowmimic.tracking import finished_or_failed, git_commit, open_store, redact, start_run
-from shallowmimic.train import build_trainer, project_root
+from shallowmimic.train import build_trainer
 
 IN_DIM, NUM_CLASSES = 40, 10  # MNIST-1D's shapes
 
@@ -65,7 +66,7 @@ def bench_config(width: int, rank: int | None, batch_size: int, epochs: int, tra
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with these overrides."""
-    with initialize_config_dir(config_dir=str(Path(project_root()) / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 

@@ -24,14 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from shallowmimic import project_root
+
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2}
 COLUMNS = ["role", "model", "width", "rank", "params", "seeds", "test acc", "agreement", "epochs"]
-
-
-def default_outputs() -> Path:
-    """The project's outputs/ folder (beside pyproject.toml in an editable install), else ./outputs."""
-    root = Path(__file__).resolve().parents[2]
-    return (root if (root / "pyproject.toml").exists() else Path.cwd()) / "outputs"
 
 
 def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
@@ -177,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", help="run id of a sweep's parent run (default: the newest sweep)")
     parser.add_argument("--all", action="store_true", help="every finished run of the experiment")
     parser.add_argument("--tracking-uri", default=os.environ.get(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{default_outputs() / 'mlflow.db'}"))
-    parser.add_argument("--out", type=Path, default=default_outputs() / "reports")
+        "MLFLOW_TRACKING_URI", f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}"))
+    parser.add_argument("--out", type=Path, default=project_root() / "outputs" / "reports")
     args = parser.parse_args(argv)
 
     client = MlflowClient(args.tracking_uri)

@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
+from shallowmimic import project_root
+
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
@@ -53,7 +55,7 @@ def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
 
 def git_commit() -> str:
     """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
-    root = Path(__file__).resolve().parents[2]
+    root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

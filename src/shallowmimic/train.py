@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from shallowmimic import project_root
 from shallowmimic.checks import check
 from shallowmimic.nets import n_params
 from shallowmimic.system import System
@@ -47,13 +48,7 @@ log = logging.getLogger(__name__)
 RUN_ENV, TEACHER_ENV = "SHALLOWMIMIC_RUN_ID", "SHALLOWMIMIC_TEACHER_RUN_ID"
 
 
-def project_root() -> str:
-    """The folder holding pyproject.toml (editable install), else the working directory."""
-    root = Path(__file__).resolve().parents[2]
-    return str(root if (root / "pyproject.toml").exists() else Path.cwd())
-
-
-OmegaConf.register_new_resolver("sm.root", project_root, replace=True)
+OmegaConf.register_new_resolver("sm.root", lambda: str(project_root()), replace=True)
 
 
 def role_of(cfg: DictConfig) -> str:
