@@ -73,13 +73,13 @@ def compose_train(overrides: list[str]) -> DictConfig:
 def make_net(cfg: DictConfig) -> nn.Module:
     """The student exactly as train.py instantiates it, seeded so every contender starts from the same weights."""
     torch.manual_seed(cfg.seed)
-    return instantiate(cfg.model, in_dim=IN_DIM, num_classes=NUM_CLASSES)
+    return instantiate(cfg.model, in_shape=IN_DIM, num_classes=NUM_CLASSES)
 
 
 def make_teacher() -> nn.Module:
     """The teacher net of `train experiment=teacher` (untrained: speed does not depend on weights), frozen."""
     cfg = compose_train(["experiment=teacher"])
-    return instantiate(cfg.model, in_dim=IN_DIM, num_classes=NUM_CLASSES).eval().requires_grad_(False)
+    return instantiate(cfg.model, in_shape=IN_DIM, num_classes=NUM_CLASSES).eval().requires_grad_(False)
 
 
 def linear_macs(net: nn.Module) -> int:

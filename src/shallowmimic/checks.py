@@ -79,17 +79,24 @@ def check(cfg: DictConfig) -> None:
         _fail("trainer.devices", devices, "an integer >= 1, -1 (all) or auto")
     _int(cfg, "trainer.num_nodes", optional=True)
 
-    _int(cfg, "data.num_samples", minimum=10)
-    _number(cfg, "data.train_split", 0, 1, low_open=True)
     _int(cfg, "data.batch_size")
     _int(cfg, "data.eval_batch_size")
-    _int(cfg, "data.val_size")
-    _int(cfg, "data.transfer_size", minimum=0)
-    _int(cfg, "data.transfer_seed", minimum=0)
-    _number(cfg, "data.dup_tol", 0, float("inf"))
-    n_train = int(cfg.data.num_samples * cfg.data.train_split)
-    if not cfg.data.val_size < n_train:
-        _fail("data.val_size", cfg.data.val_size, f"between 1 and {n_train - 1} (the training split has {n_train})")
+    data = cfg.data  # data modules differ in their keys: check the ones this one has
+    if "num_samples" in data:
+        _int(cfg, "data.num_samples", minimum=10)
+    if "train_split" in data:
+        _number(cfg, "data.train_split", 0, 1, low_open=True)
+    if "val_size" in data:
+        _int(cfg, "data.val_size")
+    for key in ("transfer_size", "transfer_seed"):
+        if key in data:
+            _int(cfg, f"data.{key}", minimum=0)
+    if "dup_tol" in data:
+        _number(cfg, "data.dup_tol", 0, float("inf"))
+    if "num_samples" in data:
+        n_train = int(data.num_samples * data.train_split)
+        if not data.val_size < n_train:
+            _fail("data.val_size", data.val_size, f"between 1 and {n_train - 1} (the training split has {n_train})")
 
     seed = _get(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:

@@ -114,7 +114,8 @@ class MNIST1DDataModule(L.LightningDataModule):
         self.val_size, self.transfer_size, self.transfer_seed = val_size, transfer_size, transfer_seed
         self.dup_tol, self.batch_size, self.eval_batch_size = dup_tol, batch_size, eval_batch_size
         self.shuffle_seed, self.cache_dir = shuffle_seed, Path(cache_dir)
-        self.in_dim, self.num_classes = 40, 10
+        self.in_shape, self.num_classes = (40,), 10
+        self.in_dim = 40
         self.splits: dict[str, Batch] = {}
         self.mean: Tensor | None = None
         self.std: Tensor | None = None

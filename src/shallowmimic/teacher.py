@@ -65,7 +65,7 @@ def load_teacher(client: MlflowClient, run: Run, dm: MNIST1DDataModule) -> tuple
     if cfg.data.name != dm.name:
         raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained on data={cfg.data.name}, "
                         f"this run uses data={dm.name}")
-    net = instantiate(cfg.model, in_dim=dm.in_dim, num_classes=dm.num_classes)
+    net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(weights)
     return net.eval().requires_grad_(False), weights_digest(weights)

@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     dm.setup()
-    net = instantiate(cfg.model, in_dim=dm.in_dim, num_classes=dm.num_classes)
+    net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
