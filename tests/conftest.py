@@ -70,14 +70,19 @@ def cli(outputs: Path, store_uri: str) -> Callable[..., subprocess.CompletedProc
     """Run `python -m shallowmimic.train` for real (Hydra's own launch) against the test's store."""
 
     def run(*overrides: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHALLOWMIMIC_")}
-        env["MLFLOW_TRACKING_URI"] = store_uri
-        flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: argparse wants flags before overrides
-        overrides = [o for o in overrides if not o.startswith("-")]
-        return subprocess.run([sys.executable, "-m", "shallowmimic.train", *flags, f"paths.outputs={outputs}",
-                               *TINY, *overrides], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        return subprocess.run(**cli_args(outputs, store_uri, overrides), capture_output=True, text=True, timeout=300)
 
     return run
+
+
+def cli_args(outputs: Path, store_uri: str, overrides: tuple[str, ...]) -> dict:
+    """subprocess arguments for `python -m shallowmimic.train` with the tiny overrides, against the test's store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHALLOWMIMIC_")}
+    env["MLFLOW_TRACKING_URI"] = store_uri
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: argparse wants flags before overrides
+    overrides = tuple(o for o in overrides if not o.startswith("-"))
+    argv = [sys.executable, "-m", "shallowmimic.train", *flags, f"paths.outputs={outputs}", *TINY, *overrides]
+    return {"args": argv, "env": env, "cwd": ROOT}
 
 
 def runs_of(client: MlflowClient, experiment: str = "mnist1d") -> list:

@@ -69,3 +69,15 @@ def test_baseline_trains_on_labels(make_cfg, client: MlflowClient, outputs: Path
     assert run.data.tags["role"] == "baseline" and run.info.status == "FINISHED"
     assert "teacher_run_id" not in run.data.tags and "test/agreement" not in run.data.metrics
     assert run.info.artifact_uri.startswith((outputs / "mlartifacts").as_uri())  # artifacts beside the store
+
+
+def test_credentials_never_reach_the_store(cli, client: MlflowClient, tmp_path: Path) -> None:
+    secret = "postgresql://alice:s3cret@127.0.0.1:5432/mlflow"  # e.g. a database URI handed to a job
+    proc = cli("experiment=baseline", *TINY_SHALLOW, f"+note={secret}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "s3cret" not in proc.stdout + proc.stderr
+    (run,) = runs_of(client)
+    assert "alice:***@" in run.data.tags["hydra.overrides"]
+    recorded = [*run.data.tags.values(), *run.data.params.values(),
+                Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()]
+    assert not [text for text in recorded if "s3cret" in text]

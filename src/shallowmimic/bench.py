@@ -147,7 +147,7 @@ class Throughput(Callback):
 
 def lightning_sps(cfg: DictConfig, data: Batch, run_id: str) -> float:
     """Samples/s of our path: System + InMemoryLoader + the configured Trainer, logging into run `run_id`."""
-    system = System(make_net(cfg), cfg.objective.name, instantiate(cfg.optimizer), NUM_CLASSES)
+    system = System(make_net(cfg), cfg.objective, instantiate(cfg.optimizer), NUM_CLASSES)
     loader = InMemoryLoader(data, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     speed = Throughput()
     trainer = build_trainer(cfg, run_id, [speed], Path(cfg.paths.outputs) / "bench")

@@ -21,25 +21,51 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
+def conv_front(shape: tuple[int, ...], channels: int, kernel: int, pool: int,
+               activation: str = "relu") -> nn.Sequential:
+    """One conv + nonlinearity + max-pool layer: Conv1d for (L,) or (C, L) inputs, Conv2d for (C, H, W) images."""
+    if len(shape) not in (1, 2, 3):
+        raise ValueError(f"a conv front needs an input of shape (L,), (C, L) or (C, H, W), not {shape}")
+    conv, max_pool = (nn.Conv2d, nn.MaxPool2d) if len(shape) == 3 else (nn.Conv1d, nn.MaxPool1d)
+    in_channels = 1 if len(shape) == 1 else shape[0]
+    return nn.Sequential(conv(in_channels, channels, kernel, padding=kernel // 2), ACTIVATIONS[activation](),
+                         max_pool(pool))
+
+
 class ShallowNet(nn.Module):
     """One hidden layer: input -> [linear bottleneck of `rank` units] -> `width` nonlinear units -> logits.
 
     The bottleneck has no bias and no nonlinearity: it factorises the D x H weight matrix as U (D x k) V (k x H),
     which adds no representational power but cuts parameters to k(D + H) and speeds up SGD (paper, section 2.2).
+    `conv_channels` puts one conv + max-pool layer in front (the paper's SNN-CNN-MIMIC on CIFAR-10).
     """
 
     def __init__(self, in_shape: int | Sequence[int], num_classes: int, width: int = 2048, rank: int | None = None,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", conv_channels: int | None = None, conv_kernel: int = 5,
+                 conv_pool: int = 2) -> None:
         super().__init__()
-        in_dim = math.prod(as_shape(in_shape))
+        self.in_shape = as_shape(in_shape)
+        # without a conv front the module holds no extra weights: checkpoints and param counts stay as they were
+        self.front: nn.Module | None = None
+        in_dim = math.prod(self.in_shape)
+        if conv_channels is not None:
+            self.front = conv_front(self.in_shape, conv_channels, conv_kernel, conv_pool, activation)
+            with torch.no_grad():  # the flattened size after conv + pool, whatever the padding and rounding
+                in_dim = self.front(torch.zeros(1, *self._conv_shape())).numel()
         layers: list[nn.Module] = []
         if rank is not None:
             layers.append(nn.Linear(in_dim, rank, bias=False))
         layers += [nn.Linear(rank or in_dim, width), ACTIVATIONS[activation](), nn.Linear(width, num_classes)]
         self.layers = nn.Sequential(*layers)
 
+    def _conv_shape(self) -> tuple[int, ...]:
+        """One sample's shape as the conv front reads it: a 1-channel sequence for (L,) inputs."""
+        return (1, *self.in_shape) if len(self.in_shape) == 1 else self.in_shape
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, C) logits."""
+        """(B, *in_shape) -> (B, C) logits."""
+        if self.front is not None:
+            x = self.front(x.reshape(len(x), *self._conv_shape()))  # (B, conv_channels, L / pool[, W / pool])
         return self.layers(x.flatten(1))
 
 
@@ -83,3 +109,36 @@ class CNN1D(nn.Module):
         h = self.features(x.flatten(1).unsqueeze(1))  # (B, 1, L) -> (B, channels, L)
         h = h.amax(-1) if self.pool == "max" else h.flatten(1)
         return self.head(h)
+
+
+class CNN2D(nn.Module):
+    """A deep 2D CNN teacher for images (VGG-like): per entry of `channels` a block of `convs_per_block`
+    same-size conv layers (optionally batch-normalised) and a 2x2 max pool, then a global average pool and a
+    linear layer."""
+
+    def __init__(self, in_shape: int | Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64, 128),
+                 convs_per_block: int = 2, kernel_size: int = 3, batch_norm: bool = True, activation: str = "relu",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_shape = as_shape(in_shape)
+        if len(self.in_shape) != 3:
+            raise ValueError(f"CNN2D needs images of shape (C, H, W), not {self.in_shape}")
+        in_channels = self.in_shape[0]
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            for _ in range(convs_per_block):
+                # no conv bias before batch norm: its shift makes the bias redundant
+                layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                                        bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(ACTIVATIONS[activation]())
+                in_channels = out_channels
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: odd sizes (e.g. 7x7) keep their edge
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits."""
+        h = self.features(x.reshape(len(x), *self.in_shape))  # (B, channels[-1], H / 2^n, W / 2^n)
+        return self.head(h.mean((2, 3)))  # global average pool

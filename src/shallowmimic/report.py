@@ -1,5 +1,5 @@
 """Read finished runs from MLflow: the paper-style table (mean +- std over seeds), accuracy against parameters,
-and training curves of baseline vs mimic; written under outputs/reports/ and logged to the sweep's parent run.
+and training curves of baseline vs mimic vs kd; written under outputs/reports/ and logged to the sweep's parent run.
 
     python -m shallowmimic.report                    # the newest sweep (e.g. the one `make run` launched)
     python -m shallowmimic.report --parent RUN_ID    # one sweep
@@ -26,8 +26,9 @@ from mlflow.entities import Run
 
 from shallowmimic import project_root
 
-ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2}
-COLUMNS = ["role", "model", "width", "rank", "params", "seeds", "test acc", "agreement", "epochs"]
+ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2, "kd": 3}
+STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
+COLUMNS = ["role", "model", "width", "rank", "variant", "params", "seeds", "test acc", "agreement", "epochs"]
 
 
 def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
@@ -55,18 +56,19 @@ def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
             break
     # the teachers the sweep's mimics learned from (lineage tag), so the table compares against them
     have = {r.info.run_id for r in runs}
-    teachers = {r.data.tags["teacher_run_id"] for r in runs if "teacher_run_id" in r.data.tags} - have
+    teachers = {t for r in runs for t in r.data.tags.get("teacher_run_id", "").split(",") if t} - have  # ensembles
     return runs + [client.get_run(run_id) for run_id in sorted(teachers)], parent
 
 
 @dataclass
 class Group:
-    """The runs of one configuration (role, model, width, rank) across seeds."""
+    """The runs of one configuration (role, model, width, rank, variant) across seeds."""
 
     role: str
     model: str
     width: str
     rank: str
+    variant: str
     params: int
     runs: list[Run]
 
@@ -76,19 +78,37 @@ class Group:
 
     @property
     def label(self) -> str:
-        return self.role if self.rank == "-" else f"{self.role} k={self.rank}"
+        parts = [self.role] + ([] if self.rank == "-" else [f"k={self.rank}"]) + ([] if self.variant == "-"
+                                                                                  else [self.variant])
+        return " ".join(parts)
+
+
+def variant(run: Run) -> str:
+    """What else sets a run apart within its role and shape: a conv front, kd's temperature and label weight, an
+    ensemble teacher; "-" when nothing does."""
+    p, parts = run.data.params, []
+    if p.get("model.conv_channels", "None") != "None":
+        parts.append(f"conv={p['model.conv_channels']}")
+    if "objective.temperature" in p:
+        parts.append(f"T={p['objective.temperature']}")
+    if float(p.get("objective.label_weight", 0)):
+        parts.append(f"labels={p['objective.label_weight']}")
+    n_teachers = len(run.data.tags.get("teacher_run_id", "").split(","))
+    if n_teachers > 1:
+        parts.append(f"ensemble={n_teachers}")
+    return " ".join(parts) or "-"
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Runs grouped by configuration, in the paper's order: teacher, baseline, mimic; then by size."""
+    """Runs grouped by configuration, in the paper's order: teacher, baseline, mimic, kd; then by size."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         p = run.data.params
         rank = p.get("model.rank", "None")
         groups[(run.data.tags.get("role", "?"), p.get("model.name", "?"), p.get("model.width", "-"),
-                "-" if rank == "None" else rank, int(p.get("n_params", 0)))].append(run)
+                "-" if rank == "None" else rank, variant(run), int(p.get("n_params", 0)))].append(run)
     return [Group(*key, members) for key, members in
-            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][4]))]
+            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][4], kv[0][5]))]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -105,7 +125,8 @@ def table(groups: list[Group]) -> list[dict[str, str]]:
     rows = []
     for g in groups:
         epochs = g.values("val/best_epoch")
-        rows.append({"role": g.role, "model": g.model, "width": g.width, "rank": g.rank, "params": f"{g.params:,}",
+        rows.append({"role": g.role, "model": g.model, "width": g.width, "rank": g.rank, "variant": g.variant,
+                     "params": f"{g.params:,}",
                      "seeds": str(len(g.runs)), "test acc": _mean_std(g.values("test/acc")),
                      "agreement": _mean_std(g.values("test/agreement")),
                      "epochs": f"{statistics.fmean(epochs) + 1:.0f}" if epochs else "-"})
@@ -129,7 +150,8 @@ def plot_accuracy(groups: list[Group], path: Path) -> None:
         ax.errorbar([g.params for g in members], [statistics.fmean(a) for a in accs],
                     yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], marker="o", capsize=3,
                     linestyle="--" if label.startswith("baseline") else "-", label=label)
-    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)", title="Shallow nets: labels vs mimic")
+    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)",
+           title="Shallow nets: labels vs the teacher's logits (mimic, kd)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -138,15 +160,20 @@ def plot_accuracy(groups: list[Group], path: Path) -> None:
 
 
 def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
-    """Validation accuracy per epoch of baseline vs mimic at the largest width both have (first seed of each);
-    False when there is no such pair."""
-    shallow = {(g.role, g.width, g.rank): g for g in groups if g.role in ("baseline", "mimic")}
-    pairs = [(w, k) for (role, w, k) in shallow if role == "mimic" and ("baseline", w, k) in shallow]
+    """Validation accuracy per epoch of baseline vs mimic vs kd at the largest shape (width, rank, variant aside)
+    the baseline shares with a student (first seed and variant of each role); False when there is no such pair."""
+    shallow: dict[tuple[str, str, str], Group] = {}
+    for g in sorted(groups, key=lambda g: g.variant != "-"):  # the plain variant of a role first
+        if g.role in ("baseline", *STUDENTS) and g.width != "-":  # shallow nets only
+            shallow.setdefault((g.role, g.width, g.rank), g)
+    pairs = {(w, k) for (role, w, k) in shallow if role in STUDENTS and ("baseline", w, k) in shallow}
     if not pairs:
         return False
     width, rank = max(pairs, key=lambda wk: (int(wk[0]), wk[1] == "-"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for role in ("baseline", "mimic"):
+    for role in ("baseline", *STUDENTS):
+        if (role, width, rank) not in shallow:
+            continue
         run = min(shallow[(role, width, rank)].runs, key=lambda r: int(r.data.params.get("seed", 0)))
         history = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: m.step)
         ax.plot(range(1, len(history) + 1), [100 * m.value for m in history], label=f"{role} ({run.info.run_name})")

@@ -1,10 +1,12 @@
-"""Find a teacher run in MLflow, load its best checkpoint, and extract + cache its logits over the transfer set."""
+"""Find a teacher run (or an ensemble of them) in MLflow, load its best checkpoint, and extract + cache its logits
+over the transfer set; an ensemble's targets are the mean of its members' logits, as in the paper."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from shallowmimic.cache import cached, sha256_file, spec_key
-from shallowmimic.data import MNIST1DDataModule
+from shallowmimic.data import ArrayDataModule
 from shallowmimic.tracking import UserError
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,38 @@ def find_teacher(client: MlflowClient, experiment_id: str, run_id: str | None) -
     return runs[0]
 
 
+def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None) -> list[Run]:
+    """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the newest one."""
+    ids = [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
+    if not ids:
+        return [find_teacher(client, experiment_id, None)]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
+    return [find_teacher(client, experiment_id, run_id) for run_id in ids]
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    """(3, 32, 32) -> '3x32x32', as runs log `data.in_shape`."""
+    return "x".join(map(str, shape))
+
+
+def data_params(dm: ArrayDataModule) -> dict[str, str]:
+    """What a net built for this data depends on, logged as params on every run so a student can check its
+    teacher against its own data."""
+    return {"data.in_shape": _shape_str(dm.in_shape), "data.num_classes": str(dm.num_classes)}
+
+
+def check_teacher(run: Run, dm: ArrayDataModule) -> None:
+    """Refuse a teacher trained on other data, or on the same data with other classes or input shape (the same
+    dataset may be configured differently), before the student's run exists."""
+    ours = {"data.name": dm.name} | data_params(dm)
+    for key, value in ours.items():
+        theirs = run.data.params.get(key)  # absent on runs logged before these params existed
+        if theirs is not None and theirs != value:
+            raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained with {key}={theirs}, "
+                            f"this run has {key}={value}")
+
+
 def weights_digest(state: dict[str, Tensor]) -> str:
     """sha256 of a state dict's names and tensor bytes: equal weights give equal keys, whatever else the checkpoint
     file holds (paths, loop state), so a retrained but identical teacher reuses its cached logits."""
@@ -56,15 +90,12 @@ def weights_digest(state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_teacher(client: MlflowClient, run: Run, dm: MNIST1DDataModule) -> tuple[nn.Module, str]:
+def load_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
     """The teacher's net in eval mode with its best weights, and the sha256 of those weights."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(client.download_artifacts(run.info.run_id, CHECKPOINT, tmp))
         cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, CONFIG, tmp))
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    if cfg.data.name != dm.name:
-        raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained on data={cfg.data.name}, "
-                        f"this run uses data={dm.name}")
     net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(weights)
@@ -76,7 +107,7 @@ def _logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> np.ndarray:
     return torch.cat([net(part) for part in x.split(batch_size)]).numpy()
 
 
-def teacher_logits(net: nn.Module, weights_sha: str, dm: MNIST1DDataModule,
+def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule,
                    cache_dir: str | Path) -> tuple[dict[str, Tensor], str, bool]:
     """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
     data spec (deterministic, un-augmented inputs only), computed once. Returns (logits, file sha256, hit)."""
@@ -89,6 +120,43 @@ def teacher_logits(net: nn.Module, weights_sha: str, dm: MNIST1DDataModule,
         return {split: _logits(net, x) for split, x in inputs.items()}
 
     arrays, hit = cached(path, build)
+    _check_rows(path, arrays, inputs)
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path), hit
+
+
+def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Tensor]) -> None:
+    """Refuse cached logits whose splits or row counts differ from the inputs they are keyed by."""
     if {k: len(v) for k, v in arrays.items()} != {k: len(v) for k, v in inputs.items()}:
         raise RuntimeError(f"logits cache {path} does not match the inputs it is keyed by; delete it")
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path), hit
+
+
+def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModule,
+                    cache_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The teachers' logits for every split the student uses (the mean over the runs for an ensemble, as in the
+    paper) and the student's lineage tags: members' weight digests, the targets' sha256, cache hit or miss."""
+    members = [load_teacher(client, run, dm) for run in runs]
+    digests = [digest for _, digest in members]
+    if len(members) == 1:
+        logits, sha, hit = teacher_logits(*members[0], dm, cache_dir)
+    else:
+        # the mean is cached too, keyed by the members' weights as a set (sorted: the order given does not matter,
+        # and summing in one fixed order gives the same bits every time)
+        key = spec_key({"ensemble_weights": sorted(digests), "data": dm.spec()})
+        path = Path(cache_dir) / f"logits-{key}.npz"
+        ordered = sorted(members, key=lambda m: m[1])
+
+        def build() -> dict[str, np.ndarray]:
+            each = [teacher_logits(net, digest, dm, cache_dir)[0] for net, digest in ordered]
+            return {split: mean_logits([m[split] for m in each]) for split in each[0]}
+
+        arrays, hit = cached(path, build)
+        _check_rows(path, arrays, dm.teacher_inputs())
+        logits, sha = {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path)
+    tags = {"teacher_weights_sha256": ",".join(digests), "teacher_logits_sha256": sha,
+            "logits_cache": "hit" if hit else "miss"}
+    return logits, tags
+
+
+def mean_logits(logits: Sequence[Tensor]) -> np.ndarray:
+    """The ensemble's targets: the members' logits averaged (in float64, stored as float32)."""
+    return torch.stack(list(logits)).double().mean(0).float().numpy()

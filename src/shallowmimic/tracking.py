@@ -28,7 +28,7 @@ class UserError(Exception):
 
 
 def redact(uri: str) -> str:
-    """A tracking URI with any password replaced, fit for logs and params."""
+    """Text with the password of any URI in it (scheme://user:password@host) replaced, fit for logs and params."""
     return re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)
 
 
@@ -163,7 +163,7 @@ class SweepParentRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.client, experiment_id = open_store(config.logger)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact(" ".join(config.hydra.overrides.task))
         self.run_id = start_run(self.client, experiment_id, f"sweep {overrides}"[:250],
                                 {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}, {})
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -22,15 +22,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from shallowmimic import project_root
 from shallowmimic.checks import check
 from shallowmimic.nets import n_params
-from shallowmimic.system import System
-from shallowmimic.teacher import CONFIG, find_teacher, load_teacher, teacher_logits
+from shallowmimic.resume import RunState, StepOnceMLFlowLogger, logged_steps, reopen_run, resume_point
+from shallowmimic.system import NEEDS_LOGITS, System
+from shallowmimic.teacher import CONFIG, check_teacher, data_params, ensemble_logits, find_teachers
 from shallowmimic.tracking import (
     RunLog,
     UserError,
@@ -52,9 +52,9 @@ OmegaConf.register_new_resolver("sm.root", lambda: str(project_root()), replace=
 
 
 def role_of(cfg: DictConfig) -> str:
-    """teacher = (deep net, labels); baseline = (shallow net, labels); mimic = (shallow net, teacher logits)."""
-    if cfg.objective.name == "mimic":
-        return "mimic"
+    """teacher = (deep net, labels); baseline = (shallow net, labels); mimic or kd = (any net, teacher logits)."""
+    if cfg.objective.name in NEEDS_LOGITS:
+        return cfg.objective.name
     return "baseline" if cfg.model._target_.endswith(".ShallowNet") else "teacher"
 
 
@@ -77,9 +77,11 @@ def prepare_ddp_relaunch(hydra_cfg: HydraConfig | None) -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
-def build_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path) -> L.Trainer:
-    """The configured Lightning Trainer, logging into MLflow run `run_id`."""
-    logger = MLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id)
+def build_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path,
+                  logged: dict[str, set[int]] | None = None) -> L.Trainer:
+    """The configured Lightning Trainer, logging into MLflow run `run_id` (skipping the `logged` points of a
+    resumed run)."""
+    logger = StepOnceMLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id, logged=logged or {})
     # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
@@ -106,56 +108,68 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     check(cfg)
     role = role_of(cfg)
+    # resume=<run dir or .ckpt>: continue that run's fit, in its MLflow run, from its last epoch's checkpoint
+    ckpt_path, resumed_id = resume_point(cfg.resume) if cfg.resume else (None, None)
     rank = rank_zero_only.rank  # > 0 in the processes Lightning's DDP launches: they log nothing themselves
     client, experiment_id = open_store(cfg.logger)
     teacher_id = (os.environ.get(TEACHER_ENV) if rank else None) or cfg.teacher.run_id  # rank 0's choice wins
+    if resumed_id and not teacher_id:  # a resumed student keeps its teacher, even if a newer one exists now
+        teacher_id = client.get_run(resumed_id).data.tags.get("teacher_run_id")
     # A mimic without a teacher fails here, before any MLflow run exists.
-    teacher_run = find_teacher(client, experiment_id, teacher_id) if role == "mimic" else None
+    teacher_runs = find_teachers(client, experiment_id, teacher_id) if role in NEEDS_LOGITS else []  # 2+: ensemble
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     dm.setup()
+    for teacher_run in teacher_runs:
+        check_teacher(teacher_run, dm)
     net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-    if rank == 0:
+    params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
+    params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
+    if rank == 0 and resumed_id:
+        reopen_run(client, resumed_id, cfg.resume, params)  # its params and tags are already in the store
+        os.environ[RUN_ENV] = resumed_id
+    elif rank == 0:
         tags = {"role": role, "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
-                "hydra.overrides": " ".join(hydra_cfg.overrides.task) if hydra_cfg else ""}
+                "hydra.overrides": redact(" ".join(hydra_cfg.overrides.task)) if hydra_cfg else ""}
         parent = sweep_parent(hydra_cfg.sweep.dir) if multirun else None
         if parent:
             tags["mlflow.parentRunId"] = parent
-        if teacher_run:
-            tags["teacher_run_id"] = os.environ[TEACHER_ENV] = teacher_run.info.run_id
-        params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
-        params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))}
+        if teacher_runs:
+            tags["teacher_run_id"] = os.environ[TEACHER_ENV] = ",".join(r.info.run_id for r in teacher_runs)
         os.environ[RUN_ENV] = start_run(client, experiment_id, run_name(cfg, role), tags, params)
     run = RunLog(client, os.environ.get(RUN_ENV), writer=rank == 0)
+    fresh = RunLog(client, run.run_id, writer=rank == 0 and not resumed_id)  # what a resumed run logged already
 
     with run.closing(), job_scoped_distributed_state():
         run_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path(cfg.paths.outputs) / "runs" / run.run_id
-        run.text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG)
-        if teacher_run:
+        if ckpt_path:
+            run_dir = ckpt_path.parent.parent  # the interrupted run's dir: its checkpoints continue there
+        fresh.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
+        if teacher_runs:
             # rank 0 builds the cache before Lightning starts the other ranks; they find it there
-            teacher_net, weights_sha = load_teacher(client, teacher_run, dm)
-            logits, logits_sha, hit = teacher_logits(teacher_net, weights_sha, dm, Path(cfg.paths.cache) / "logits")
+            logits, teacher_tags = ensemble_logits(client, teacher_runs, dm, Path(cfg.paths.cache) / "logits")
             dm.attach_logits(logits)
-            run.tags({"teacher_weights_sha256": weights_sha, "teacher_logits_sha256": logits_sha,
-                      "logits_cache": "hit" if hit else "miss"})
-            run.params({"data.n_transfer": len(dm.transfer_inputs()),
-                        "data.n_duplicates_dropped": dm.n_duplicates_dropped})
+            run.tags(teacher_tags)
+            fresh.params({"data.n_transfer": len(dm.transfer_inputs()),
+                          "data.n_duplicates_dropped": dm.n_duplicates_dropped})
 
-        system = System(net, cfg.objective.name, instantiate(cfg.optimizer), dm.num_classes)
-        checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
+        system = System(net, cfg.objective, instantiate(cfg.optimizer), dm.num_classes)
+        # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
+        checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
                                      monitor=cfg.objective.monitor, mode=cfg.objective.mode)
-        trainer = build_trainer(cfg, run.run_id, [checkpoint], run_dir)
-        run.params({"trainer.world_size": trainer.world_size,
-                    "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
+        logged = logged_steps(client, run.run_id) if resumed_id else None
+        trainer = build_trainer(cfg, run.run_id, [checkpoint, RunState(run.run_id)], run_dir, logged)
+        fresh.params({"trainer.world_size": trainer.world_size,
+                      "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
         prepare_ddp_relaunch(hydra_cfg)
         fit_started = time.perf_counter()
-        trainer.fit(system, datamodule=dm)
+        trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
         fit_s = time.perf_counter() - fit_started
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]
 

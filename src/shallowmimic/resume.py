@@ -1,0 +1,88 @@
+"""Crash safety: a checkpoint every epoch that knows its MLflow run, and resuming into that same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
+
+from shallowmimic.tracking import UserError
+
+KEY = "shallowmimic"  # our entry in every Lightning checkpoint
+LAST = "checkpoints/last.ckpt"  # relative to a run dir
+
+
+class RunState(Callback):
+    """Keeps with each checkpoint what Lightning does not: the MLflow run id, the torch RNG state (dropout) and the
+    validation accuracy of every epoch so far (the best checkpoint's accuracy is read from it at the end)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[KEY] = {"mlflow_run_id": self.run_id, "torch_rng": torch.get_rng_state(),
+                           "val_acc_by_epoch": dict(pl_module.val_acc_by_epoch)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint[KEY]
+        torch.set_rng_state(state["torch_rng"])
+        pl_module.val_acc_by_epoch.update(state["val_acc_by_epoch"])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the loaders shuffle by (seed, epoch): a resumed fit must draw the order of the epoch it is in
+        loader = trainer.train_dataloader
+        if hasattr(loader, "epoch"):
+            loader.epoch = trainer.current_epoch
+
+
+def resume_point(resume: str) -> tuple[Path, str]:
+    """The checkpoint named by `resume=` (a run dir or a .ckpt file) and the MLflow run it belongs to."""
+    path = Path(resume)
+    ckpt = path / LAST if path.is_dir() else path
+    if not ckpt.is_file():
+        raise UserError(f"resume={resume}: no checkpoint there; give a run dir (outputs/runs/...) or a .ckpt file")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a checkpoint at all
+        raise UserError(f"resume={resume}: {ckpt} is not a readable checkpoint ({type(err).__name__})") from None
+    if KEY not in state:
+        raise UserError(f"resume={resume}: {ckpt} was not written by shallowmimic.train (no MLflow run id in it)")
+    return ckpt, state[KEY]["mlflow_run_id"]
+
+
+def reopen_run(client: MlflowClient, run_id: str, resume: str, params: dict[str, str]) -> None:
+    """Check that the run can be continued with this config, and mark it RUNNING again."""
+    run = client.get_run(run_id)
+    if run.info.status == "FINISHED":
+        raise UserError(f"resume={resume}: run {run_id} is FINISHED; there is nothing to resume")
+    changed = [k for k, v in params.items() if k in run.data.params and run.data.params[k] != v]
+    if changed:
+        key = changed[0]
+        raise UserError(f"resume={resume}: {key}={params[key]} but run {run_id} has {key}="
+                        f"{run.data.params[key]}; resume with the run's own overrides")
+    client.update_run(run_id, status="RUNNING")
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
+    """The steps at which each metric of the run was already logged."""
+    return {key: {m.step for m in client.get_metric_history(run_id, key)}
+            for key in client.get_run(run_id).data.metrics}
+
+
+class StepOnceMLFlowLogger(MLFlowLogger):
+    """MLFlowLogger that drops the points already `logged` (same metric, same step): a resumed run re-runs the
+    stretch between its last checkpoint and the crash without logging any step twice."""
+
+    def __init__(self, *args: Any, logged: dict[str, set[int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logged = logged
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        fresh = {k: v for k, v in metrics.items() if step is None or step not in self.logged.get(k, ())}
+        if fresh:
+            super().log_metrics(fresh, step)

@@ -1,0 +1,200 @@
+"""Distillation (kd), ensemble teachers and teacher/student compatibility: the loss by hand, then end to end."""
+
+import math
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from shallowmimic.cache import sha256_file
+from shallowmimic.data import MNIST1DDataModule
+from shallowmimic.report import main as report_main
+from shallowmimic.system import System, kd_loss, make_loss, mimic_loss
+from shallowmimic.teacher import check_teacher, load_teacher, teacher_logits
+from shallowmimic.tracking import UserError
+from shallowmimic.train import train
+
+from .conftest import CONF, TINY_SHALLOW, TINY_TEACHER, runs_of
+
+
+def test_kd_loss_by_hand() -> None:
+    s = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    z = torch.zeros(2, 2)
+    y = torch.tensor([0, -1])  # the second row is a transfer input without a label
+    # T = 2: row 1 compares softmax([0.5, 0]) with the teacher's [0.5, 0.5]; row 2 matches exactly (KL 0)
+    kl_row1 = math.log(1 + math.exp(0.5)) - 0.25 - math.log(2)
+    ce_row1 = math.log(1 + math.exp(-1))  # -log softmax([1, 0])[0]; row 2 has no label and no CE
+    expected = 2**2 * kl_row1 / 2 + 0.5 * ce_row1  # batchmean over both rows; CE over the labelled row only
+    loss = kd_loss(s, {"z": z, "y": y}, temperature=2.0, label_weight=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_at_temperature_one_without_labels_is_plain_kl() -> None:
+    s, z = torch.randn(8, 10), torch.randn(8, 10)
+    expected = F.kl_div(F.log_softmax(s, 1), F.softmax(z, 1), reduction="batchmean")
+    assert torch.isclose(kd_loss(s, {"z": z}, temperature=1.0, label_weight=0.0), expected)
+
+
+def test_kd_loss_without_any_label_in_the_batch_is_finite() -> None:
+    s, z = torch.randn(8, 10), torch.randn(8, 10)
+    batch = {"z": z, "y": torch.full((8,), -1)}
+    assert kd_loss(s, batch, label_weight=1.0) == kd_loss(s, batch, label_weight=0.0)
+
+
+def test_kd_loss_is_fp32_under_half_precision() -> None:
+    s, z = torch.randn(8, 10).half(), torch.randn(8, 10).half()
+    assert kd_loss(s, {"z": z}).dtype == torch.float32
+
+
+def test_kd_at_high_temperature_matches_logits() -> None:
+    # Hinton et al.: for zero-mean logits, T^2 KL -> 1/(2C) sum ||s - z||^2 as T grows (the paper's mimic loss / C)
+    s, z = torch.randn(16, 10, generator=torch.Generator().manual_seed(0)).split(8)
+    s, z = s - s.mean(1, keepdim=True), z - z.mean(1, keepdim=True)
+    limit = mimic_loss(s, {"z": z}) / 10
+    # not higher: in fp32 the KL of nearly equal distributions is lost to rounding beyond T ~ 100
+    assert kd_loss(s, {"z": z}, temperature=50.0).item() == pytest.approx(limit.item(), rel=1e-2)
+
+
+def test_make_loss_binds_the_objective_config() -> None:
+    cfg = OmegaConf.load(CONF / "objective" / "kd.yaml")
+    cfg.temperature, cfg.label_weight = 2.0, 0.5
+    s, z, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, -1, 2])
+    assert make_loss(cfg)(s, {"z": z, "y": y}) == kd_loss(s, {"z": z, "y": y}, temperature=2.0, label_weight=0.5)
+    assert make_loss("mimic") is mimic_loss
+
+
+def test_accuracy_ignores_rows_without_a_label() -> None:
+    system = System(torch.nn.Identity(), "kd", torch.optim.SGD, num_classes=3)
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    y = torch.tensor([0, 1, -1, -1])  # one right, one wrong, two transfer rows
+    system._step({"x": logits, "z": logits, "y": y}, "val")
+    assert system.metrics["val_metrics"]["acc"].compute() == 0.5
+
+
+KD_BAD = [
+    (["experiment=mimic", "objective=kd", "objective.temperature=0"], "objective.temperature=0: must be a number > 0"),
+    (["experiment=mimic", "objective=kd", "objective.label_weight=-1"],
+     "objective.label_weight=-1: must be a number >= 0"),
+    (["model.conv_channels=0"], "model.conv_channels=0: must be an integer >= 1 or null"),
+    (["model.conv_channels=8", "model.conv_pool=0"], "model.conv_pool=0: must be an integer >= 1"),
+    (["model=cnn2d", "model.channels=[]"], "model.channels=[]: must be a non-empty list of positive integers"),
+    (["model=cnn2d", "model.convs_per_block=0"], "model.convs_per_block=0: must be an integer >= 1"),
+    (["model=cnn2d", "model.batch_norm=maybe"], "model.batch_norm=maybe: must be true or false"),
+    (["experiment=mimic", "teacher.run_id=[abc,../x]"], "teacher.run_id=['abc', '../x']: must be null or an"),
+    (["experiment=mimic", "teacher.run_id=[]"], "teacher.run_id=[]: must be null or an MLflow run id"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), KD_BAD, ids=[" ".join(o) for o, _ in KD_BAD])
+def test_bad_new_keys_are_refused_before_any_run(make_cfg, client: MlflowClient, overrides, message) -> None:
+    with pytest.raises(UserError) as err:
+        train(make_cfg(*overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert runs_of(client) == []
+
+
+def test_kd_student_end_to_end_and_in_the_report(make_cfg, client: MlflowClient, outputs: Path,
+                                                  store_uri: str) -> None:
+    train(make_cfg(*TINY_TEACHER))
+    metrics = train(make_cfg("experiment=mimic", "objective=kd", *TINY_SHALLOW))
+    assert 0 <= metrics["test/acc"] <= 1
+    train(make_cfg("experiment=mimic", "objective=kd", "objective.label_weight=0.5", *TINY_SHALLOW))
+    train(make_cfg("experiment=baseline", *TINY_SHALLOW))
+    (teacher,) = [r for r in runs_of(client) if r.data.tags["role"] == "teacher"]
+    kds = sorted((r for r in runs_of(client) if r.data.tags["role"] == "kd"),
+                 key=lambda r: r.data.params["objective.label_weight"])
+    for kd in kds:
+        assert kd.info.status == "FINISHED" and kd.info.run_name == "kd w=32 seed=0"
+        assert kd.data.tags["teacher_run_id"] == teacher.info.run_id
+        assert kd.data.params["objective.temperature"] == "4.0" and kd.data.params["data.in_shape"] == "40"
+        # train/acc counts the labelled training rows only: the transfer rows carry y = -1
+        assert {"train/acc", "test/acc", "test/agreement", "val/loss", "val/logit_mse"} <= set(kd.data.metrics)
+    assert [kd.data.params["objective.label_weight"] for kd in kds] == ["0.0", "0.5"]
+
+    assert report_main(["--all", "--tracking-uri", store_uri, "--out", str(outputs / "reports")]) == 0
+    table = (outputs / "reports" / "mnist1d.md").read_text()
+    assert table.count("| kd |") == 2 and "| T=4.0 |" in table and "| T=4.0 labels=0.5 |" in table
+    assert (outputs / "reports" / "mnist1d_curves.png").exists()  # baseline vs kd at the same width
+
+
+@pytest.fixture
+def two_teachers(make_cfg, client: MlflowClient) -> list:
+    """Two finished tiny teachers (seeds 0 and 1) in the test's store."""
+    train(make_cfg(*TINY_TEACHER))
+    train(make_cfg(*TINY_TEACHER, "seed=1"))
+    return sorted(runs_of(client), key=lambda r: r.data.params["seed"])
+
+
+def test_ensemble_targets_are_the_mean_of_the_members_logits(two_teachers, make_cfg, client: MlflowClient,
+                                                            outputs: Path, monkeypatch) -> None:
+    attached: dict[str, torch.Tensor] = {}
+    attach = MNIST1DDataModule.attach_logits
+
+    def spy(self, logits: dict[str, torch.Tensor]) -> None:
+        attached.update(logits)
+        attach(self, logits)
+
+    monkeypatch.setattr(MNIST1DDataModule, "attach_logits", spy)
+    a, b = (r.info.run_id for r in two_teachers)
+    cfg = make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id=[{a},{b}]")
+    train(cfg)
+
+    (mimic,) = [r for r in runs_of(client) if r.data.tags["role"] == "mimic"]
+    assert mimic.info.status == "FINISHED"
+    assert mimic.data.tags["teacher_run_id"] == f"{a},{b}"
+    digests = mimic.data.tags["teacher_weights_sha256"].split(",")
+    assert len(digests) == 2 and all(len(d) == 64 for d in digests) and digests[0] != digests[1]
+
+    dm = instantiate(cfg.data)
+    dm.setup()
+    members = []
+    for run in two_teachers:
+        net, digest = load_teacher(client, run, dm)
+        logits, _, hit = teacher_logits(net, digest, dm, outputs / "cache" / "logits")
+        assert hit  # each member's logits were cached by the mimic's run
+        members.append(logits)
+    (ensemble_file,) = [p for p in (outputs / "cache" / "logits").glob("*.npz")
+                        if sha256_file(p) == mimic.data.tags["teacher_logits_sha256"]]
+    with np.load(ensemble_file) as stored:
+        for split, targets in attached.items():
+            mean = (members[0][split].double() + members[1][split].double()) / 2
+            assert torch.equal(targets, mean.float())
+            assert np.array_equal(stored[split], targets.numpy())
+
+    # the ensemble is a set: the other order reuses the cached mean
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id=[{b},{a}]"))
+    second = [r for r in runs_of(client) if r.data.tags["role"] == "mimic" and r.info.run_id != mimic.info.run_id]
+    assert second[0].data.tags["logits_cache"] == "hit"
+    assert second[0].data.tags["teacher_logits_sha256"] == mimic.data.tags["teacher_logits_sha256"]
+
+
+def test_a_teacher_for_other_inputs_is_refused(two_teachers, client: MlflowClient) -> None:
+    teacher = two_teachers[0]
+    images = SimpleNamespace(name="mnist1d", in_shape=(3, 32, 32), num_classes=10)
+    with pytest.raises(UserError) as err:
+        check_teacher(teacher, images)
+    assert str(err.value) == (f"teacher.run_id={teacher.info.run_id}: teacher was trained with data.in_shape=40, "
+                              "this run has data.in_shape=3x32x32")
+
+
+def test_a_teacher_with_other_classes_is_refused(two_teachers, make_cfg, client: MlflowClient) -> None:
+    # forge a teacher run that logged 7 classes, with the real teacher's artifacts
+    real = two_teachers[0]
+    forged = client.create_run(real.info.experiment_id, tags={"role": "teacher"}).info.run_id
+    client.log_param(forged, "data.num_classes", "7")
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifacts(forged, client.download_artifacts(real.info.run_id, "", tmp))
+    client.set_terminated(forged, "FINISHED")
+
+    with pytest.raises(UserError) as err:
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id={forged}"))
+    assert str(err.value) == (f"teacher.run_id={forged}: teacher was trained with data.num_classes=7, "
+                              "this run has data.num_classes=10")
+    assert not [r for r in runs_of(client) if r.data.tags.get("role") == "mimic"]  # refused before any run
