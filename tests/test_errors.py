@@ -37,6 +37,7 @@ BAD = [
     (["threads=0"], "threads=0: must be an integer >= 1 or null"),
     (["logger.tracking_uri=ftp://user:secret@host/x"], "logger.tracking_uri=ftp://user:***@host/x: must be"),
     (["experiment=mimic"], "teacher.run_id=null: no finished teacher run"),
+    (["experiment=mimic", "teacher.ensemble=0"], "teacher.ensemble=0: must be an integer >= 1"),
     (["experiment=mimic", "teacher.run_id=0123abcd"], "teacher.run_id=0123abcd: no such run"),
     (["experiment=mimic", "teacher.run_id=../etc"], "teacher.run_id=../etc: must be null or an MLflow run id"),
 ]

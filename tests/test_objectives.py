@@ -198,3 +198,11 @@ def test_a_teacher_with_other_classes_is_refused(two_teachers, make_cfg, client:
     assert str(err.value) == (f"teacher.run_id={forged}: teacher was trained with data.num_classes=7, "
                               "this run has data.num_classes=10")
     assert not [r for r in runs_of(client) if r.data.tags.get("role") == "mimic"]  # refused before any run
+
+
+def test_ensemble_of_the_newest_teachers(two_teachers, make_cfg, client: MlflowClient) -> None:
+    with pytest.raises(UserError, match=r"^teacher.ensemble=3: only 2 finished teacher run\(s\)"):
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, "teacher.ensemble=3"))
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW, "teacher.ensemble=2"))
+    (mimic,) = [r for r in runs_of(client) if r.data.tags["role"] == "mimic"]
+    assert set(mimic.data.tags["teacher_run_id"].split(",")) == {r.info.run_id for r in two_teachers}

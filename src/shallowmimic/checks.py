@@ -152,6 +152,7 @@ def check(cfg: DictConfig) -> None:
     uri = str(_get(cfg, "logger.tracking_uri"))
     if not uri.startswith(URI_SCHEMES):
         _fail("logger.tracking_uri", redact(uri), f"a tracking URI starting with {', '.join(URI_SCHEMES)}")
+    _int(cfg, "teacher.ensemble")
     teacher = _get(cfg, "teacher.run_id")
     ids = list(teacher) if OmegaConf.is_list(teacher) else [teacher]  # a list: an ensemble, its logits averaged
     if teacher is not None and not (ids and all(isinstance(i, str) and i.isalnum() for i in ids)):

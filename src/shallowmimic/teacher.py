@@ -28,34 +28,37 @@ CHECKPOINT = "checkpoints/best.ckpt"  # artifact paths every teacher run logs
 CONFIG = "config.yaml"
 
 
-def find_teacher(client: MlflowClient, experiment_id: str, run_id: str | None) -> Run:
-    """The teacher run named by `run_id`, or else the newest FINISHED teacher run of the experiment."""
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise UserError(f"teacher.run_id={run_id}: no such run in the tracking store; "
-                            "give the id of a finished teacher run (see `make ui`)") from None
-        if run.data.tags.get("role") != "teacher" or run.info.status != "FINISHED":
-            raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
-                            f"{run.info.status}; it must be a FINISHED teacher run")
-        return run
+def find_teacher(client: MlflowClient, run_id: str) -> Run:
+    """The FINISHED teacher run `run_id`."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"teacher.run_id={run_id}: no such run in the tracking store; "
+                        "give the id of a finished teacher run (see `make ui`)") from None
+    if run.data.tags.get("role") != "teacher" or run.info.status != "FINISHED":
+        raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
+                        f"{run.info.status}; it must be a FINISHED teacher run")
+    return run
+
+
+def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None,
+                  newest: int = 1) -> list[Run]:
+    """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the `newest` FINISHED
+    teacher runs of the experiment (teacher.ensemble); two or more make an ensemble."""
+    ids = [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
+    if len(set(ids)) < len(ids):
+        raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
+    if ids:
+        return [find_teacher(client, run_id) for run_id in ids]
     runs = client.search_runs([experiment_id], "tags.role = 'teacher' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+                              order_by=["attributes.start_time DESC"], max_results=newest)
     if not runs:
         raise UserError("teacher.run_id=null: no finished teacher run for this dataset in the tracking store; "
                         "train one first (`make teacher`) or set teacher.run_id")
-    return runs[0]
-
-
-def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None) -> list[Run]:
-    """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the newest one."""
-    ids = [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
-    if not ids:
-        return [find_teacher(client, experiment_id, None)]
-    if len(set(ids)) < len(ids):
-        raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
-    return [find_teacher(client, experiment_id, run_id) for run_id in ids]
+    if len(runs) < newest:
+        raise UserError(f"teacher.ensemble={newest}: only {len(runs)} finished teacher run(s) for this dataset in the "
+                        "tracking store; train more (`make teacher ARGS='-m seed=0,1,2,3'`) or set teacher.run_id")
+    return runs
 
 
 def _shape_str(shape: Sequence[int]) -> str:

@@ -115,8 +115,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     teacher_id = (os.environ.get(TEACHER_ENV) if rank else None) or cfg.teacher.run_id  # rank 0's choice wins
     if resumed_id and not teacher_id:  # a resumed student keeps its teacher, even if a newer one exists now
         teacher_id = client.get_run(resumed_id).data.tags.get("teacher_run_id")
-    # A mimic without a teacher fails here, before any MLflow run exists.
-    teacher_runs = find_teachers(client, experiment_id, teacher_id) if role in NEEDS_LOGITS else []  # 2+: ensemble
+    # A student without a teacher fails here, before any MLflow run exists; two or more teachers: an ensemble.
+    teacher_runs = []
+    if role in NEEDS_LOGITS:
+        teacher_runs = find_teachers(client, experiment_id, teacher_id, cfg.teacher.ensemble)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
