@@ -19,7 +19,9 @@ SERVER_STORE ?= $(STORE)
 SERVED_ARTIFACTS ?= $(CURDIR)/outputs/mlartifacts-served
 TRAIN  := $(PY) -m shallowmimic.train
 
-# make sweep: the width x rank grid of conf/sweep/width_rank.yaml unless given here; JOBS>1 runs jobs in parallel
+# make sweep: a grid of conf/sweep/ (GRID=objectives: labels vs mimic vs kd), with widths, ranks and seeds taken
+# from the grid unless given here; JOBS>1 runs jobs in parallel
+GRID   ?= width_rank
 WIDTHS ?=
 RANKS  ?=
 SEEDS  ?=
@@ -57,8 +59,8 @@ baseline: install  ## train the shallow net on the labels
 mimic: install  ## train the shallow mimic on the newest teacher's logits
 	$(TRAIN) experiment=mimic $(ARGS)
 
-sweep: install  ## baseline + mimic over width x rank x seed under one MLflow parent, then the report
-	$(TRAIN) --multirun experiment=baseline,mimic sweep=width_rank $(SWEEP) $(ARGS)
+sweep: install  ## baseline + mimic over width x rank x seed (GRID=width_rank) under one MLflow parent, then the report
+	$(TRAIN) --multirun sweep=$(GRID) $(SWEEP) $(ARGS)
 	$(PY) -m shallowmimic.report
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store

@@ -15,6 +15,7 @@ BAD = [
     (["model.activation=swish"], "model.activation=swish: must be one of relu, tanh, gelu, sigmoid"),
     (["experiment=teacher", "model.channels=0"], "model.channels=0: must be an integer >= 1"),
     (["experiment=teacher", "model.pool=mean"], "model.pool=mean: must be one of max, flatten"),
+    (["experiment=teacher", "model=cnn2d"], "model=CNN2D: CNN2D needs images of shape (C, H, W), not (40,)"),
     (["model=mlp_deep", "model.hidden=[]"], "model.hidden=[]: must be a non-empty list of positive integers"),
     (["model=mlp_deep", "model.dropout=1.5"], "model.dropout=1.5: must be a number >= 0 and <= 0.99"),
     (["optimizer.lr=0"], "optimizer.lr=0: must be a number > 0"),

@@ -54,9 +54,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _missing(path: Path, what: str) -> UserError:
-    return UserError(f"{path}: not found; place the {what} files there or set data.download=true "
-                     "(needs torchvision)")
+def _missing(data_dir: str | Path, path: Path, what: str) -> UserError:
+    """The error for a file missing under data.data_dir, saying the two ways out."""
+    return UserError(f"data.data_dir={data_dir}: no {path.relative_to(data_dir)} in it; place the {what} files "
+                     "there or set data.download=true (needs torchvision)")
 
 
 def download(dataset: str, data_dir: Path) -> None:
@@ -87,7 +88,7 @@ def load_mnist(data_dir: str | Path, folder: str = "MNIST", download_missing: bo
     for key, name in MNIST_FILES.items():
         path = find(name)
         if path is None:
-            raise _missing(raw / name, f"{folder} idx ({', '.join(MNIST_FILES.values())}, or .gz)")
+            raise _missing(data_dir, raw / name, f"{folder} idx ({', '.join(MNIST_FILES.values())}, or .gz)")
         a = read_idx(path)
         if a.ndim != (3 if key.startswith("x") else 1):
             expected = "images (N, H, W)" if key.startswith("x") else "labels (N,)"
@@ -125,7 +126,7 @@ def load_cifar10(data_dir: str | Path, download_missing: bool = False) -> Arrays
         download("CIFAR10", Path(data_dir))
     for name in CIFAR10_FILES:
         if not (folder / name).is_file():
-            raise _missing(folder / name, "CIFAR-10 python batch (data_batch_1..5, test_batch)")
+            raise _missing(data_dir, folder / name, "CIFAR-10 python batch (data_batch_1..5, test_batch)")
     train = [_cifar_batch(folder / n) for n in CIFAR10_FILES[:-1]]
     x_test, y_test = _cifar_batch(folder / "test_batch")
     return {"x_train": np.concatenate([x for x, _ in train]), "y_train": np.concatenate([y for _, y in train]),

@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
@@ -59,11 +60,15 @@ def role_of(cfg: DictConfig) -> str:
 
 
 def run_name(cfg: DictConfig, role: str) -> str:
-    """Readable run names: `mimic w=2048 k=32 seed=0`, `teacher CNN1D seed=0`."""
-    if "width" in cfg.model:
-        shape = f"w={cfg.model.width}" + (f" k={cfg.model.rank}" if cfg.model.rank is not None else "")
+    """Readable run names: `mimic w=2048 k=32 seed=0`, `kd w=512 conv=16 T=4.0 seed=1`, `teacher CNN1D seed=0`."""
+    model = cfg.model
+    if "width" in model:
+        shape = f"w={model.width}" + (f" k={model.rank}" if model.rank is not None else "")
+        shape += f" conv={model.conv_channels}" if model.get("conv_channels") else ""
     else:
-        shape = cfg.model._target_.rsplit(".", 1)[-1]
+        shape = model._target_.rsplit(".", 1)[-1]
+    if "temperature" in cfg.objective:
+        shape += f" T={cfg.objective.temperature}"
     return f"{role} {shape} seed={cfg.seed}"
 
 
@@ -127,7 +132,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm.setup()
     for teacher_run in teacher_runs:
         check_teacher(teacher_run, dm)
-    net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
+    try:
+        net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
+    except InstantiationException as err:  # a net that cannot take this data (e.g. CNN2D on sequences)
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise UserError(f"model={cfg.model._target_.rsplit('.', 1)[-1]}: {err.__cause__} (data={dm.name})") from None
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
