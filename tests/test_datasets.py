@@ -241,7 +241,7 @@ def test_augmented_transfer_set_is_cached_and_reused(tmp_path: Path, monkeypatch
     first = dm.transfer_inputs()
     assert first.shape == (70, 3, 8, 8) and len(list(tmp_path.glob("img-augment-n70-*.npz"))) == 1
     monkeypatch.setattr("shallowmimic.data.augment", lambda *a: pytest.fail("augmented again"))
-    again = ArrayDataModule("img", images(shape=(3, 8, 8)) | {k: v for k, v in dm.arrays.items()}, **kw)
+    again = ArrayDataModule("img", {k: v.copy() for k, v in dm.arrays.items()}, **kw)  # the same images, anew
     assert torch.equal(again.transfer_inputs(), first) and again.spec() == dm.spec()
     other = ArrayDataModule("img", dm.arrays, **(kw | {"transfer_seed": 2}))
     assert other.spec() != dm.spec()  # the logits cache must not mix them up

@@ -39,6 +39,9 @@ BAD = [
     (["logger.tracking_uri=ftp://user:secret@host/x"], "logger.tracking_uri=ftp://user:***@host/x: must be"),
     (["experiment=mimic"], "teacher.run_id=null: no finished teacher run"),
     (["experiment=mimic", "teacher.ensemble=0"], "teacher.ensemble=0: must be an integer >= 1"),
+    (["experiment=mimic", "teacher.ensemble=2", "teacher.run_id=abc"], "teacher.ensemble=2: must be 1 when teacher"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: must be a number > 0"),
+    (["model.conv_channels=4", "model.conv_kernel=4"], "model.conv_kernel=4: must be an odd integer"),
     (["experiment=mimic", "teacher.run_id=0123abcd"], "teacher.run_id=0123abcd: no such run"),
     (["experiment=mimic", "teacher.run_id=../etc"], "teacher.run_id=../etc: must be null or an MLflow run id"),
 ]

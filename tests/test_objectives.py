@@ -114,7 +114,6 @@ def test_kd_student_end_to_end_and_in_the_report(make_cfg, client: MlflowClient,
         assert kd.info.status == "FINISHED" and kd.info.run_name == "kd w=32 T=4.0 seed=0"
         assert kd.data.tags["teacher_run_id"] == teacher.info.run_id
         assert kd.data.params["objective.temperature"] == "4.0" and kd.data.params["data.in_shape"] == "40"
-        # train/acc counts the labelled training rows only: the transfer rows carry y = -1
         assert {"train/acc", "test/acc", "test/agreement", "val/loss", "val/logit_mse"} <= set(kd.data.metrics)
     assert [kd.data.params["objective.label_weight"] for kd in kds] == ["0.0", "0.5"]
 

@@ -1,5 +1,6 @@
 """Crash safety: a fit killed with SIGKILL and resumed continues its MLflow run and ends as if never killed."""
 
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 from shallowmimic.tracking import UserError
 from shallowmimic.train import train
 
-from .conftest import TINY_SHALLOW, cli_args, runs_of
+from .conftest import TINY_SHALLOW, TINY_TEACHER, cli_args, runs_of
 
 JOB = ["experiment=baseline", *TINY_SHALLOW, "trainer.max_epochs=20"]
 
@@ -57,12 +58,35 @@ def test_killed_fit_resumes_into_the_same_run_with_the_same_metrics(cli, client,
         assert [v for _, v in points] == pytest.approx([v for _, v in expected], rel=1e-6), key
 
 
-def test_resume_refuses_a_finished_run_or_another_config(make_cfg, client, outputs) -> None:
+def test_resume_refuses_what_would_not_continue_the_run(make_cfg, client, outputs, tmp_path) -> None:
     train(make_cfg("experiment=baseline", *TINY_SHALLOW))
-    (last,) = outputs.glob("runs/*/checkpoints/last.ckpt")
+    (run,) = runs_of(client)
+    last = outputs / "runs" / run.info.run_id / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match=r"^resume=.*: run \w+ is FINISHED; there is nothing to resume$"):
         train(make_cfg("experiment=baseline", *TINY_SHALLOW, f"resume={last}"))
-    client.set_terminated(runs_of(client)[0].info.run_id, "FAILED")  # as after a crash
+    client.set_terminated(run.info.run_id, "FAILED")  # as after a crash
     with pytest.raises(UserError, match=r"^resume=.*: model.width=64 but run \w+ has model.width=32; resume with"):
         train(make_cfg("experiment=baseline", "model.width=64", f"resume={last}"))
+    shutil.copy(last, tmp_path / "last.ckpt")
+    with pytest.raises(UserError, match=r"^resume=.*: give the run dir, or a .ckpt inside its checkpoints/ folder$"):
+        train(make_cfg("experiment=baseline", *TINY_SHALLOW, f"resume={tmp_path / 'last.ckpt'}"))
+    with pytest.raises(UserError, match=r"^resume=.*: its run \w+ is not in this tracking store"):
+        train(make_cfg("experiment=baseline", *TINY_SHALLOW, f"resume={last}",
+                       f"logger.tracking_uri=sqlite:///{tmp_path}/other.db"))
     assert len(runs_of(client)) == 1
+
+
+def test_a_resumed_student_keeps_its_teacher(make_cfg, client, outputs) -> None:
+    train(make_cfg(*TINY_TEACHER))
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW))
+    mimic = next(r for r in runs_of(client) if r.data.tags["role"] == "mimic")
+    client.set_terminated(mimic.info.run_id, "FAILED")  # as if it had died after its last epoch
+    train(make_cfg(*TINY_TEACHER, "seed=1"))  # a newer teacher, which a fresh mimic would pick
+    newer = runs_of(client)[0].info.run_id
+    last = outputs / "runs" / mimic.info.run_id / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match=rf"^teacher.run_id={newer}: run {mimic.info.run_id} learnt from"):
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id={newer}", f"resume={last}"))
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"resume={last}"))
+    again = client.get_run(mimic.info.run_id)
+    assert again.info.status == "FINISHED" and again.data.tags["teacher_run_id"] == mimic.data.tags["teacher_run_id"]
+    assert len(runs_of(client)) == 3

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from shallowmimic.data import TRANSFERS
 from shallowmimic.nets import ACTIVATIONS
 from shallowmimic.system import LOSSES
 from shallowmimic.tracking import UserError, redact
@@ -35,7 +37,7 @@ def _int(cfg: DictConfig, key: str, minimum: int = 1, optional: bool = False) ->
 
 def _number(cfg: DictConfig, key: str, low: float, high: float, low_open: bool = False) -> None:
     value = _get(cfg, key)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value <= high
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value <= high
     ok = ok and (value > low if low_open else value >= low)
     if not ok:
         _fail(key, value, f"a number {'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}"
@@ -75,6 +77,8 @@ def check(cfg: DictConfig) -> None:
             _int(cfg, f"model.{key}")
     if "conv_channels" in model:
         _int(cfg, "model.conv_channels", optional=True)
+    if "conv_kernel" in model and model.conv_kernel % 2 == 0:  # odd: the conv keeps the input's size
+        _fail("model.conv_kernel", model.conv_kernel, "an odd integer")
     if "channels" in model:  # CNN1D: one width for every layer; CNN2D: one per block
         (_int_list if OmegaConf.is_list(model.channels) else _int)(cfg, "model.channels")
     if "hidden" in model:
@@ -121,7 +125,7 @@ def check(cfg: DictConfig) -> None:
     if "dup_tol" in data and data.dup_tol is not None:  # null: no duplicate check
         _number(cfg, "data.dup_tol", 0, float("inf"))
     if "transfer" in data:
-        _choice(cfg, "data.transfer", ["train", "generated", "pool", "augment"])
+        _choice(cfg, "data.transfer", TRANSFERS)
     for key in ("split_seed", "augment_pad"):
         if key in data:
             _int(cfg, f"data.{key}", minimum=0)
@@ -157,3 +161,5 @@ def check(cfg: DictConfig) -> None:
     ids = list(teacher) if OmegaConf.is_list(teacher) else [teacher]  # a list: an ensemble, its logits averaged
     if teacher is not None and not (ids and all(isinstance(i, str) and i.isalnum() for i in ids)):
         _fail("teacher.run_id", teacher, "null or an MLflow run id (letters and digits), or a list of them")
+    if teacher is not None and cfg.teacher.ensemble != 1:
+        _fail("teacher.ensemble", cfg.teacher.ensemble, "1 when teacher.run_id names the teachers (list them all)")

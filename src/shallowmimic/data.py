@@ -221,7 +221,7 @@ class ArrayDataModule(L.LightningDataModule):
         """The unlabelled pool: the data's x_unlabelled, or the images in pool_dir (cached as one array)."""
         if self.pool_dir is None:
             return self._unlabelled
-        path = self.cache_dir / f"{self.name}-pool-{self._pool_key()}.npz"
+        path = self.cache_dir / f"{self.name}-pool-{spec_key([self._pool_key(), self.in_shape])}.npz"  # shape: RGB/grey
         arrays, hit = cached(path, lambda: {"x": read_image_folder(image_files(self.pool_dir), self.in_shape)})
         if not hit:
             log.info("read %d pool images from %s", len(arrays["x"]), self.pool_dir)
@@ -246,7 +246,7 @@ class ArrayDataModule(L.LightningDataModule):
 
     def _transfer_set(self) -> Batch:
         """The transfer set (standardised) with labels where it has them (-1 where not), near-duplicates of test
-        inputs dropped if `dup_tol` is set."""
+        and validation inputs dropped if `dup_tol` is set (validation picks the checkpoint: it must stay unseen)."""
         if self._transfer is not None:
             return self._transfer
         self.setup()
@@ -262,11 +262,11 @@ class ArrayDataModule(L.LightningDataModule):
         x = self.standardise(x)
         y = torch.full((len(x),), -1, dtype=torch.int64) if y is None else torch.from_numpy(y)
         if self.dup_tol is not None and len(x):
-            keep = self._far_from(x, self.splits["test"]["x"])
+            keep = self._far_from(x, torch.cat([self.splits["test"]["x"], self.splits["val"]["x"]]))
             self.n_duplicates_dropped = int((~keep).sum())
             if self.n_duplicates_dropped:
-                log.warning("dropped %d transfer inputs within %.0e of a test input", self.n_duplicates_dropped,
-                            self.dup_tol)
+                log.warning("dropped %d transfer inputs within %.0e of a test or validation input",
+                            self.n_duplicates_dropped, self.dup_tol)
             x, y = x[keep], y[keep]
         self._transfer = {"x": x, "y": y}
         return self._transfer
@@ -416,7 +416,7 @@ class MNIST1DDataModule(ArrayDataModule):
                          transfer_seed=transfer_seed, dup_tol=dup_tol, std_floor=0.0, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, shuffle_seed=shuffle_seed, cache_dir=cache_dir)
         self.num_samples, self.train_split, self.seed = num_samples, train_split, seed
-        self.in_shape, self.in_dim = (40,), 40
+        self.in_shape = (40,)
 
     def spec(self) -> dict:
         """Everything that determines the inputs, in train/val/test/transfer order (the logits cache key)."""

@@ -95,7 +95,7 @@ class CNN1D(nn.Module):
     def __init__(self, in_shape: int | Sequence[int], num_classes: int, channels: int = 64, depth: int = 4,
                  kernel_size: int = 3, pool: str = "max", activation: str = "relu") -> None:
         super().__init__()
-        length = as_shape(in_shape)[-1]
+        length = math.prod(as_shape(in_shape))  # forward reads the whole sample as one sequence
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [nn.Conv1d(1 if i == 0 else channels, channels, kernel_size, padding=kernel_size // 2),

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from shallowmimic.tracking import UserError
 
@@ -26,11 +28,14 @@ class RunState(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[KEY] = {"mlflow_run_id": self.run_id, "torch_rng": torch.get_rng_state(),
+                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                            "val_acc_by_epoch": dict(pl_module.val_acc_by_epoch)}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint[KEY]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         pl_module.val_acc_by_epoch.update(state["val_acc_by_epoch"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -46,6 +51,8 @@ def resume_point(resume: str) -> tuple[Path, str]:
     ckpt = path / LAST if path.is_dir() else path
     if not ckpt.is_file():
         raise UserError(f"resume={resume}: no checkpoint there; give a run dir (outputs/runs/...) or a .ckpt file")
+    if ckpt.parent.name != "checkpoints":  # the run dir holds it: the resumed fit writes its checkpoints there
+        raise UserError(f"resume={resume}: give the run dir, or a .ckpt inside its checkpoints/ folder")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or not a checkpoint at all
@@ -55,11 +62,21 @@ def resume_point(resume: str) -> tuple[Path, str]:
     return ckpt, state[KEY]["mlflow_run_id"]
 
 
-def reopen_run(client: MlflowClient, run_id: str, resume: str, params: dict[str, str]) -> None:
-    """Check that the run can be continued with this config, and mark it RUNNING again."""
-    run = client.get_run(run_id)
+def interrupted_run(client: MlflowClient, run_id: str, resume: str) -> Run:
+    """The MLflow run a checkpoint belongs to, if it is in this store and not FINISHED."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"resume={resume}: its run {run_id} is not in this tracking store; set logger.tracking_uri "
+                        "(or MLFLOW_TRACKING_URI) to the store it was logged to") from None
     if run.info.status == "FINISHED":
         raise UserError(f"resume={resume}: run {run_id} is FINISHED; there is nothing to resume")
+    return run
+
+
+def reopen_run(client: MlflowClient, run: Run, resume: str, params: dict[str, str]) -> None:
+    """Check that the run can be continued with this config, and mark it RUNNING again."""
+    run_id = run.info.run_id
     changed = [k for k, v in params.items() if k in run.data.params and run.data.params[k] != v]
     if changed:
         key = changed[0]

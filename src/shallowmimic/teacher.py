@@ -41,11 +41,16 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
     return run
 
 
+def teacher_ids(run_ids: str | Sequence[str] | None) -> list[str]:
+    """Teacher run ids from one id, a list, or ids joined by commas (as the `teacher_run_id` tag holds them)."""
+    return [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
+
+
 def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None,
                   newest: int = 1) -> list[Run]:
     """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the `newest` FINISHED
     teacher runs of the experiment (teacher.ensemble); two or more make an ensemble."""
-    ids = [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
+    ids = teacher_ids(run_ids)
     if len(set(ids)) < len(ids):
         raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
     if ids:

@@ -73,8 +73,8 @@ def flat_params(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if k in ("_partial_", "_convert_", "cache_dir"):
-                    continue
+                if k in ("_partial_", "_convert_", "cache_dir") or (k == "_target_" and "name" in node):
+                    continue  # a group's own `name` (the data set's) wins over its class name, whatever the order
                 walk(f"{prefix}.{k}" if k != "_target_" else f"{prefix}.name", v)
         elif isinstance(node, str) and prefix.endswith(".name") and "." in node:
             out[prefix] = node.rsplit(".", 1)[-1]

@@ -29,9 +29,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from shallowmimic import project_root
 from shallowmimic.checks import check
 from shallowmimic.nets import n_params
-from shallowmimic.resume import RunState, StepOnceMLFlowLogger, logged_steps, reopen_run, resume_point
+from shallowmimic.resume import (
+    RunState,
+    StepOnceMLFlowLogger,
+    interrupted_run,
+    logged_steps,
+    reopen_run,
+    resume_point,
+)
 from shallowmimic.system import NEEDS_LOGITS, System
-from shallowmimic.teacher import CONFIG, check_teacher, data_params, ensemble_logits, find_teachers
+from shallowmimic.teacher import CONFIG, check_teacher, data_params, ensemble_logits, find_teachers, teacher_ids
 from shallowmimic.tracking import (
     RunLog,
     UserError,
@@ -117,9 +124,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path, resumed_id = resume_point(cfg.resume) if cfg.resume else (None, None)
     rank = rank_zero_only.rank  # > 0 in the processes Lightning's DDP launches: they log nothing themselves
     client, experiment_id = open_store(cfg.logger)
+    resumed = interrupted_run(client, resumed_id, cfg.resume) if resumed_id else None
     teacher_id = (os.environ.get(TEACHER_ENV) if rank else None) or cfg.teacher.run_id  # rank 0's choice wins
-    if resumed_id and not teacher_id:  # a resumed student keeps its teacher, even if a newer one exists now
-        teacher_id = client.get_run(resumed_id).data.tags.get("teacher_run_id")
+    recorded = resumed.data.tags.get("teacher_run_id") if resumed else None
+    if recorded:  # a resumed student keeps its teachers, even if newer ones exist now
+        if teacher_id and set(teacher_ids(teacher_id)) != set(teacher_ids(recorded)):
+            raise UserError(f"teacher.run_id={','.join(teacher_ids(teacher_id))}: run {resumed_id} learnt from "
+                            f"{recorded}; resume it with its own teachers")
+        teacher_id = recorded
     # A student without a teacher fails here, before any MLflow run exists; two or more teachers: an ensemble.
     teacher_runs = []
     if role in NEEDS_LOGITS:
@@ -134,8 +146,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_teacher(teacher_run, dm)
     try:
         net = instantiate(cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
-    except InstantiationException as err:  # a net that cannot take this data (e.g. CNN2D on sequences)
-        if not isinstance(err.__cause__, ValueError):
+    except InstantiationException as err:  # a net that cannot take this data (CNN2D on sequences, a pool too big)
+        if not isinstance(err.__cause__, ValueError | RuntimeError | TypeError):
             raise
         raise UserError(f"model={cfg.model._target_.rsplit('.', 1)[-1]}: {err.__cause__} (data={dm.name})") from None
 
@@ -144,7 +156,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     if rank == 0 and resumed_id:
-        reopen_run(client, resumed_id, cfg.resume, params)  # its params and tags are already in the store
+        reopen_run(client, resumed, cfg.resume, params)  # its params and tags are already in the store
         os.environ[RUN_ENV] = resumed_id
     elif rank == 0:
         tags = {"role": role, "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
