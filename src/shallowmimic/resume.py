@@ -51,14 +51,14 @@ def resume_point(resume: str) -> tuple[Path, str]:
     ckpt = path / LAST if path.is_dir() else path
     if not ckpt.is_file():
         raise UserError(f"resume={resume}: no checkpoint there; give a run dir (outputs/runs/...) or a .ckpt file")
-    if ckpt.parent.name != "checkpoints":  # the run dir holds it: the resumed fit writes its checkpoints there
-        raise UserError(f"resume={resume}: give the run dir, or a .ckpt inside its checkpoints/ folder")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or not a checkpoint at all
         raise UserError(f"resume={resume}: {ckpt} is not a readable checkpoint ({type(err).__name__})") from None
     if KEY not in state:
         raise UserError(f"resume={resume}: {ckpt} was not written by shallowmimic.train (no MLflow run id in it)")
+    if ckpt.parent.name != "checkpoints":  # the run dir holds it: the resumed fit writes its checkpoints there
+        raise UserError(f"resume={resume}: give the run dir, or a .ckpt inside its checkpoints/ folder")
     return ckpt, state[KEY]["mlflow_run_id"]
 
 
