@@ -44,6 +44,17 @@ BAD = [
     (["model.conv_channels=4", "model.conv_kernel=4"], "model.conv_kernel=4: must be an odd integer"),
     (["experiment=mimic", "teacher.run_id=0123abcd"], "teacher.run_id=0123abcd: no such run"),
     (["experiment=mimic", "teacher.run_id=../etc"], "teacher.run_id=../etc: must be null or an MLflow run id"),
+    # distillation, conv front, 2D CNN and ensembles
+    (["experiment=mimic", "objective=kd", "objective.temperature=0"], "objective.temperature=0: must be a number > 0"),
+    (["experiment=mimic", "objective=kd", "objective.label_weight=-1"],
+     "objective.label_weight=-1: must be a number >= 0"),
+    (["model.conv_channels=0"], "model.conv_channels=0: must be an integer >= 1 or null"),
+    (["model.conv_channels=8", "model.conv_pool=0"], "model.conv_pool=0: must be an integer >= 1"),
+    (["model=cnn2d", "model.channels=[]"], "model.channels=[]: must be a non-empty list of positive integers"),
+    (["model=cnn2d", "model.convs_per_block=0"], "model.convs_per_block=0: must be an integer >= 1"),
+    (["model=cnn2d", "model.batch_norm=maybe"], "model.batch_norm=maybe: must be true or false"),
+    (["experiment=mimic", "teacher.run_id=[abc,../x]"], "teacher.run_id=['abc', '../x']: must be null or an"),
+    (["experiment=mimic", "teacher.run_id=[]"], "teacher.run_id=[]: must be null or an MLflow run id"),
 ]
 
 
