@@ -318,15 +318,19 @@ class DigitsDataModule(ArrayDataModule):
         return load_digits()
 
 
-class MNISTDataModule(ArrayDataModule):
-    """MNIST (LeCun et al. 1998): 28x28 digits, 60k train / 10k test, from `<data_dir>/MNIST/raw/` (torchvision's
-    layout) or downloaded there through torchvision."""
-
-    folder = "MNIST"
+class TorchvisionFilesDataModule(ArrayDataModule):
+    """A 10-class data set read from torchvision's on-disk layout under `data_dir`, downloaded there on request."""
 
     def __init__(self, data_dir: str, download: bool = False, **kwargs: Any) -> None:
         super().__init__(num_classes=10, **kwargs)
         self.data_dir, self.download = data_dir, download
+
+
+class MNISTDataModule(TorchvisionFilesDataModule):
+    """MNIST (LeCun et al. 1998): 28x28 digits, 60k train / 10k test, from `<data_dir>/MNIST/raw/` (torchvision's
+    layout) or downloaded there through torchvision."""
+
+    folder = "MNIST"
 
     def load_arrays(self) -> Arrays:
         return load_mnist(self.data_dir, self.folder, self.download)
@@ -339,13 +343,9 @@ class FashionMNISTDataModule(MNISTDataModule):
     folder = "FashionMNIST"
 
 
-class CIFAR10DataModule(ArrayDataModule):
+class CIFAR10DataModule(TorchvisionFilesDataModule):
     """CIFAR-10 (Krizhevsky 2009): 32x32 colour images, 50k train / 10k test, from the python batches in
     `<data_dir>/cifar-10-batches-py/` or downloaded there through torchvision."""
-
-    def __init__(self, data_dir: str, download: bool = False, **kwargs: Any) -> None:
-        super().__init__(num_classes=10, **kwargs)
-        self.data_dir, self.download = data_dir, download
 
     def load_arrays(self) -> Arrays:
         return load_cifar10(self.data_dir, self.download)
