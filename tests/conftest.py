@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-import shallowmimic.train  # noqa: F401  (registers the ${sm.root:} resolver)
+import shallowmimic  # noqa: F401  (registers the ${sm.root:} resolver)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -77,7 +77,7 @@ def cli(outputs: Path, store_uri: str) -> Callable[..., subprocess.CompletedProc
 
 def cli_args(outputs: Path, store_uri: str, overrides: tuple[str, ...]) -> dict:
     """subprocess arguments for `python -m shallowmimic.train` with the tiny overrides, against the test's store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHALLOWMIMIC_")}
+    env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = store_uri
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: argparse wants flags before overrides
     overrides = tuple(o for o in overrides if not o.startswith("-"))

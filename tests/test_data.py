@@ -8,6 +8,7 @@ import torch
 
 from shallowmimic import cache
 from shallowmimic.data import InMemoryLoader, MNIST1DDataModule, generate_mnist1d
+from shallowmimic.data.transfer import far_from
 
 
 def small_dm(tmp_path: Path, **kw) -> MNIST1DDataModule:
@@ -53,14 +54,14 @@ def test_near_duplicates_of_test_points_are_dropped(tmp_path: Path) -> None:
     dm.setup()
     test = dm.splits["test"]["x"]
     x = torch.cat([torch.randn(5, 40) * 3, test[:3] + 1e-5])
-    assert dm._far_from(x, test).tolist() == [True] * 5 + [False] * 3
+    assert far_from(x, test, dm.dup_tol).tolist() == [True] * 5 + [False] * 3
 
 
 def test_generated_sets_are_cached_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small_dm(tmp_path).transfer_inputs()
     files = sorted((tmp_path / "cache").glob("*.npz"))
     assert len(files) == 2  # the canonical set and one transfer chunk
-    monkeypatch.setattr("shallowmimic.data.generate_mnist1d", lambda *a: pytest.fail("regenerated"))
+    monkeypatch.setattr("shallowmimic.data.mnist1d.generate_mnist1d", lambda *a: pytest.fail("regenerated"))
     dm = small_dm(tmp_path)
     assert dm.transfer_inputs().shape == (300, 40)
 

@@ -17,10 +17,11 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from PIL import Image
 
-from shallowmimic import datasets
 from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule
-from shallowmimic.datasets import augment, load_cifar10, load_digits, load_features, load_mnist, read_idx
-from shallowmimic.tracking import UserError
+from shallowmimic.data import readers as datasets
+from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
+from shallowmimic.data.transfer import augment
+from shallowmimic.errors import UserError
 from shallowmimic.train import train
 
 from .conftest import CONF, runs_of
@@ -240,7 +241,7 @@ def test_augmented_transfer_set_is_cached_and_reused(tmp_path: Path, monkeypatch
     dm = ArrayDataModule("img", images(shape=(3, 8, 8)), **kw)
     first = dm.transfer_inputs()
     assert first.shape == (70, 3, 8, 8) and len(list(tmp_path.glob("img-augment-n70-*.npz"))) == 1
-    monkeypatch.setattr("shallowmimic.data.augment", lambda *a: pytest.fail("augmented again"))
+    monkeypatch.setattr("shallowmimic.data.transfer.augment", lambda *a: pytest.fail("augmented again"))
     again = ArrayDataModule("img", {k: v.copy() for k, v in dm.arrays.items()}, **kw)  # the same images, anew
     assert torch.equal(again.transfer_inputs(), first) and again.spec() == dm.spec()
     other = ArrayDataModule("img", dm.arrays, **(kw | {"transfer_seed": 2}))

@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.tracking import UserError
+from shallowmimic.errors import UserError
 from shallowmimic.train import train
 
 from .conftest import TINY_SHALLOW, runs_of

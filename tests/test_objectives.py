@@ -11,17 +11,17 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
 from shallowmimic.cache import sha256_file
 from shallowmimic.data import MNIST1DDataModule
+from shallowmimic.errors import UserError
+from shallowmimic.objectives import KDLoss, kd_loss, mimic_loss
 from shallowmimic.report import main as report_main
-from shallowmimic.system import System, kd_loss, make_loss, mimic_loss
+from shallowmimic.system import System
 from shallowmimic.teacher import check_teacher, load_teacher, teacher_logits
-from shallowmimic.tracking import UserError
-from shallowmimic.train import train
+from shallowmimic.train import build_objective, train
 
-from .conftest import CONF, TINY_SHALLOW, TINY_TEACHER, runs_of
+from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 
 
 def test_kd_loss_by_hand() -> None:
@@ -62,16 +62,20 @@ def test_kd_at_high_temperature_matches_logits() -> None:
     assert kd_loss(s, {"z": z}, temperature=50.0).item() == pytest.approx(limit.item(), rel=1e-2)
 
 
-def test_make_loss_binds_the_objective_config() -> None:
-    cfg = OmegaConf.load(CONF / "objective" / "kd.yaml")
-    cfg.temperature, cfg.label_weight = 2.0, 0.5
+def test_objective_configs_build_their_losses(make_cfg) -> None:
+    kd = build_objective(make_cfg("objective=kd", "objective.temperature=2.0", "objective.label_weight=0.5").objective)
     s, z, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, -1, 2])
-    assert make_loss(cfg)(s, {"z": z, "y": y}) == kd_loss(s, {"z": z, "y": y}, temperature=2.0, label_weight=0.5)
-    assert make_loss("mimic") is mimic_loss
+    assert kd.loss(s, {"z": z, "y": y}) == kd_loss(s, {"z": z, "y": y}, temperature=2.0, label_weight=0.5)
+    assert (kd.needs_logits, kd.monitor, kd.mode) == (True, "val/loss", "min")
+    mimic = build_objective(make_cfg("objective=mimic").objective)
+    assert mimic.loss(s, {"z": z}) == mimic_loss(s, {"z": z}) and mimic.needs_logits
+    labels = build_objective(make_cfg("objective=labels").objective)
+    assert labels.loss(s, {"y": torch.tensor([0, 1, 2, 2])}) == F.cross_entropy(s, torch.tensor([0, 1, 2, 2]))
+    assert (labels.needs_logits, labels.monitor, labels.mode) == (False, "val/acc", "max")
 
 
 def test_accuracy_ignores_rows_without_a_label() -> None:
-    system = System(torch.nn.Identity(), "kd", torch.optim.SGD, num_classes=3)
+    system = System(torch.nn.Identity(), KDLoss(), torch.optim.SGD, num_classes=3)
     logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
     y = torch.tensor([0, 1, -1, -1])  # one right, one wrong, two transfer rows
     system._step({"x": logits, "z": logits, "y": y}, "val")
@@ -88,8 +92,9 @@ def test_kd_student_end_to_end_and_in_the_report(make_cfg, client: MlflowClient,
     (teacher,) = [r for r in runs_of(client) if r.data.tags["role"] == "teacher"]
     kds = sorted((r for r in runs_of(client) if r.data.tags["role"] == "kd"),
                  key=lambda r: r.data.params["objective.label_weight"])
+    assert [kd.info.run_name for kd in kds] == ["kd w=32 T=4.0 seed=0", "kd w=32 T=4.0 labels=0.5 seed=0"]
     for kd in kds:
-        assert kd.info.status == "FINISHED" and kd.info.run_name == "kd w=32 T=4.0 seed=0"
+        assert kd.info.status == "FINISHED"
         assert kd.data.tags["teacher_run_id"] == teacher.info.run_id
         assert kd.data.params["objective.temperature"] == "4.0" and kd.data.params["data.in_shape"] == "40"
         assert {"train/acc", "test/acc", "test/agreement", "val/loss", "val/logit_mse"} <= set(kd.data.metrics)
@@ -97,7 +102,7 @@ def test_kd_student_end_to_end_and_in_the_report(make_cfg, client: MlflowClient,
 
     assert report_main(["--all", "--tracking-uri", store_uri, "--out", str(outputs / "reports")]) == 0
     table = (outputs / "reports" / "mnist1d.md").read_text()
-    assert table.count("| kd |") == 2 and "| T=4.0 |" in table and "| T=4.0 labels=0.5 |" in table
+    assert table.count("| kd |") == 2 and "| w=32 T=4.0 |" in table and "| w=32 T=4.0 labels=0.5 |" in table
     assert (outputs / "reports" / "mnist1d_curves.png").exists()  # baseline vs kd at the same width
 
 

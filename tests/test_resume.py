@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.tracking import UserError
+from shallowmimic.errors import UserError
 from shallowmimic.train import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, cli_args, runs_of

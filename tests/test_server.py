@@ -120,7 +120,7 @@ def mlflow_server(store_uri: str, artifacts: Path, log: Path) -> Iterator[str]:
 
 def train_through(url: str, outputs: Path, *overrides: str) -> subprocess.CompletedProcess:
     """Run `python -m shallowmimic.train` for real, logging to the server (conftest's `cli` forces SQLite)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHALLOWMIMIC_")}
+    env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = url
     flags = [o for o in overrides if o.startswith("-")]
     overrides = tuple(o for o in overrides if not o.startswith("-"))

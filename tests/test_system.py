@@ -2,7 +2,7 @@
 
 import torch
 
-from shallowmimic.system import labels_loss, mimic_loss
+from shallowmimic.objectives import labels_loss, mimic_loss
 
 
 def test_mimic_loss_is_the_papers_formula() -> None:

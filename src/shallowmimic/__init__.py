@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
 
 
@@ -10,3 +12,7 @@ def project_root() -> Path:
     directory; else the working directory."""
     root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").exists() else Path.cwd()
+
+
+# conf/train.yaml's paths.root: configs composed by train, bench and the tests all resolve it
+OmegaConf.register_new_resolver("sm.root", lambda: str(project_root()), replace=True)

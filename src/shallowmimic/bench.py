@@ -1,7 +1,7 @@
 """Throughput of student training, all in one process, on the same data, model and batch size:
 
   (a) a plain PyTorch loop that slices in-memory tensors (the reference),
-  (b) our training path: System + InMemoryLoader + train.build_trainer from the composed Hydra config
+  (b) our training path: System + InMemoryLoader + run.make_trainer from the composed Hydra config
       (MLFlowLogger writing to a real store, progress bar on),
   (c) the mimic step on cached logits vs online distillation (the frozen teacher run forward every step),
   (d) the student's achieved GFLOP/s against a plain matmul's on this machine.
@@ -36,9 +36,10 @@ from torch import nn
 from shallowmimic import project_root
 from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.nets import n_params
-from shallowmimic.system import System, mimic_loss
-from shallowmimic.tracking import finished_or_failed, git_commit, open_store, redact, start_run
-from shallowmimic.train import build_trainer
+from shallowmimic.objectives import mimic_loss
+from shallowmimic.run import Run, make_trainer, variant
+from shallowmimic.system import System
+from shallowmimic.tracking import git_commit, open_store, redact, start_run
 
 IN_DIM, NUM_CLASSES = 40, 10  # MNIST-1D's shapes
 
@@ -147,10 +148,10 @@ class Throughput(Callback):
 
 def lightning_sps(cfg: DictConfig, data: Batch, run_id: str) -> float:
     """Samples/s of our path: System + InMemoryLoader + the configured Trainer, logging into run `run_id`."""
-    system = System(make_net(cfg), cfg.objective, instantiate(cfg.optimizer), NUM_CLASSES)
+    system = System(make_net(cfg), mimic_loss, instantiate(cfg.optimizer), NUM_CLASSES)
     loader = InMemoryLoader(data, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     speed = Throughput()
-    trainer = build_trainer(cfg, run_id, [speed], Path(cfg.paths.outputs) / "bench")
+    trainer = make_trainer(cfg, run_id, [speed], Path(cfg.paths.outputs) / "bench")
     trainer.fit(system, train_dataloaders=loader)
     return speed.sps
 
@@ -172,15 +173,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def shape_name(width: int, rank: int | None, batch_size: int) -> str:
-    """`w=8192 k=32 b=256`, as train.py names shapes."""
-    return f"w={width}" + (f" k={rank}" if rank is not None else "") + f" b={batch_size}"
-
-
 def bench_one(width: int, rank: int | None, batch_size: int, data: Batch, epochs: int, online_steps: int,
               tracking_uri: str | None = None, outputs: str | None = None,
               matmul_seconds: float = 0.5) -> tuple[str, dict[str, float]]:
-    """Measure (a)-(d) for one student shape and record them as a role=bench run; return (run id, metrics)."""
+    """Measure (a)-(d) for one student shape and record them as a role=bench run; return (shape name, metrics)."""
     cfg = bench_config(width, rank, batch_size, epochs, tracking_uri, outputs)
     client, experiment_id = open_store(cfg.logger)
     net = make_net(cfg)
@@ -191,9 +187,10 @@ def bench_one(width: int, rank: int | None, batch_size: int, data: Batch, epochs
             "inputs": "random",
             # a progress bar costs more when it draws to a terminal than when stderr goes to a file
             "stderr_tty": str(sys.stderr.isatty())}
-    run_id = start_run(client, experiment_id, f"bench {shape_name(width, rank, batch_size)}", tags, params)
+    name = f"{variant(cfg)} b={batch_size}"
+    run_id = start_run(client, experiment_id, f"bench {name}", tags | {"variant": variant(cfg)}, params)
 
-    with finished_or_failed(client, run_id):
+    with Run(client, run_id, Path(cfg.paths.outputs) / "bench", resumed=False).closing():
         plain = plain_sps(net, data, batch_size, epochs)
         lightning = lightning_sps(cfg, data, run_id)
         # (c) same loop, same number of steps; only where the targets come from differs
@@ -215,7 +212,7 @@ def bench_one(width: int, rank: int | None, batch_size: int, data: Batch, epochs
                    "bench/peak_rss_mb": peak_rss_mb()}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-    return run_id, metrics
+    return name, metrics
 
 
 COLUMNS = [  # (header, metric, format)
@@ -269,9 +266,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
     for width in args.width:
         for rank in args.rank:
             for batch_size in args.batch_size:
-                _, metrics = bench_one(width, rank, batch_size, data, args.epochs, args.online_steps,
-                                       args.tracking_uri, args.outputs, args.matmul_seconds)
-                rows.append((shape_name(width, rank, batch_size), metrics))
+                rows.append(bench_one(width, rank, batch_size, data, args.epochs, args.online_steps,
+                                      args.tracking_uri, args.outputs, args.matmul_seconds))
     print(f"\n{args.inputs:,} random inputs, {args.epochs} epochs (first is warm-up), "
           f"{torch.get_num_threads()} torch threads; samples/s of student training")
     print(table(rows))

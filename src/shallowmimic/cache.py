@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,30 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 
 
+def sha256(chunks: Iterable[bytes]) -> str:
+    """Hex sha256 of a stream of bytes."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256(iter(lambda: f.read(1 << 20), b""))
+
+
+def digest_arrays(arrays: Arrays) -> str:
+    """sha256 of named arrays' names, dtypes, shapes and bytes: the identity of a data set's (or a net's) content."""
+
+    def chunks() -> Iterator[bytes]:
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            yield f"{name} {a.dtype.str} {a.shape}".encode()
+            yield memoryview(a.reshape(-1).view(np.uint8))
+
+    return sha256(chunks())
 
 
 def spec_key(spec: dict) -> str:

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from shallowmimic import checks
+from shallowmimic.errors import BadValue
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
@@ -44,6 +47,14 @@ class ShallowNet(nn.Module):
                  activation: str = "relu", conv_channels: int | None = None, conv_kernel: int = 5,
                  conv_pool: int = 2) -> None:
         super().__init__()
+        checks.integer("width", width)
+        checks.integer("rank", rank, optional=True)
+        checks.choice("activation", activation, list(ACTIVATIONS))
+        checks.integer("conv_channels", conv_channels, optional=True)
+        checks.integer("conv_kernel", conv_kernel)
+        if conv_kernel % 2 == 0:  # odd: the conv keeps the input's size, the pool alone shrinks it
+            raise BadValue("conv_kernel", conv_kernel, "an odd integer")
+        checks.integer("conv_pool", conv_pool)
         self.in_shape = as_shape(in_shape)
         # without a conv front the module holds no extra weights: checkpoints and param counts stay as they were
         self.front: nn.Module | None = None
@@ -75,6 +86,9 @@ class DeepMLP(nn.Module):
     def __init__(self, in_shape: int | Sequence[int], num_classes: int, hidden: Sequence[int] = (2000, 2000, 2000),
                  activation: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
+        checks.int_list("hidden", hidden)
+        checks.choice("activation", activation, list(ACTIVATIONS))
+        checks.number("dropout", dropout, 0, 0.99)
         in_dim = math.prod(as_shape(in_shape))
         layers: list[nn.Module] = []
         for width in hidden:
@@ -95,6 +109,10 @@ class CNN1D(nn.Module):
     def __init__(self, in_shape: int | Sequence[int], num_classes: int, channels: int = 64, depth: int = 4,
                  kernel_size: int = 3, pool: str = "max", activation: str = "relu") -> None:
         super().__init__()
+        for key, value in (("channels", channels), ("depth", depth), ("kernel_size", kernel_size)):
+            checks.integer(key, value)
+        checks.choice("pool", pool, ["max", "flatten"])
+        checks.choice("activation", activation, list(ACTIVATIONS))
         length = math.prod(as_shape(in_shape))  # forward reads the whole sample as one sequence
         layers: list[nn.Module] = []
         for i in range(depth):
@@ -120,6 +138,12 @@ class CNN2D(nn.Module):
                  convs_per_block: int = 2, kernel_size: int = 3, batch_norm: bool = True, activation: str = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__()
+        checks.int_list("channels", channels)
+        checks.integer("convs_per_block", convs_per_block)
+        checks.integer("kernel_size", kernel_size)
+        checks.flag("batch_norm", batch_norm)
+        checks.choice("activation", activation, list(ACTIVATIONS))
+        checks.number("dropout", dropout, 0, 0.99)
         self.in_shape = as_shape(in_shape)
         if len(self.in_shape) != 3:
             raise ValueError(f"CNN2D needs images of shape (C, H, W), not {self.in_shape}")

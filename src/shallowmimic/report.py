@@ -28,7 +28,7 @@ from shallowmimic import project_root
 
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2, "kd": 3}
 STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
-COLUMNS = ["role", "model", "width", "rank", "variant", "params", "seeds", "test acc", "agreement", "epochs"]
+COLUMNS = ["role", "model", "variant", "params", "seeds", "test acc", "agreement", "epochs"]
 
 
 def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
@@ -62,12 +62,10 @@ def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
 
 @dataclass
 class Group:
-    """The runs of one configuration (role, model, width, rank, variant) across seeds."""
+    """The runs of one configuration (role, model, variant: width, rank, conv front, T, ensemble) across seeds."""
 
     role: str
     model: str
-    width: str
-    rank: str
     variant: str
     params: int
     runs: list[Run]
@@ -76,39 +74,25 @@ class Group:
         """The metric of every run that logged it."""
         return [r.data.metrics[metric] for r in self.runs if metric in r.data.metrics]
 
+    def param(self, key: str) -> str:
+        """A param of the group's runs (they share it)."""
+        return self.runs[0].data.params.get(key, "-")
+
     @property
-    def label(self) -> str:
-        parts = [self.role] + ([] if self.rank == "-" else [f"k={self.rank}"]) + ([] if self.variant == "-"
-                                                                                  else [self.variant])
-        return " ".join(parts)
-
-
-def variant(run: Run) -> str:
-    """What else sets a run apart within its role and shape: a conv front, kd's temperature and label weight, an
-    ensemble teacher; "-" when nothing does."""
-    p, parts = run.data.params, []
-    if p.get("model.conv_channels", "None") != "None":
-        parts.append(f"conv={p['model.conv_channels']}")
-    if "objective.temperature" in p:
-        parts.append(f"T={p['objective.temperature']}")
-    if float(p.get("objective.label_weight", 0)):
-        parts.append(f"labels={p['objective.label_weight']}")
-    n_teachers = len(run.data.tags.get("teacher_run_id", "").split(","))
-    if n_teachers > 1:
-        parts.append(f"ensemble={n_teachers}")
-    return " ".join(parts) or "-"
+    def series(self) -> str:
+        """The group's line in a plot over sizes: its role and variant without the width."""
+        return " ".join([self.role, *(p for p in self.variant.split() if not p.startswith("w="))])
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
     """Runs grouped by configuration, in the paper's order: teacher, baseline, mimic, kd; then by size."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        p = run.data.params
-        rank = p.get("model.rank", "None")
-        groups[(run.data.tags.get("role", "?"), p.get("model.name", "?"), p.get("model.width", "-"),
-                "-" if rank == "None" else rank, variant(run), int(p.get("n_params", 0)))].append(run)
+        key = (run.data.tags.get("role", "?"), run.data.params.get("model.name", "?"),
+               run.data.tags.get("variant", "-"), int(run.data.params.get("n_params", 0)))
+        groups[key].append(run)
     return [Group(*key, members) for key, members in
-            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][4], kv[0][5]))]
+            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][2]))]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -125,8 +109,7 @@ def table(groups: list[Group]) -> list[dict[str, str]]:
     rows = []
     for g in groups:
         epochs = g.values("val/best_epoch")
-        rows.append({"role": g.role, "model": g.model, "width": g.width, "rank": g.rank, "variant": g.variant,
-                     "params": f"{g.params:,}",
+        rows.append({"role": g.role, "model": g.model, "variant": g.variant, "params": f"{g.params:,}",
                      "seeds": str(len(g.runs)), "test acc": _mean_std(g.values("test/acc")),
                      "agreement": _mean_std(g.values("test/agreement")),
                      "epochs": f"{statistics.fmean(epochs) + 1:.0f}" if epochs else "-"})
@@ -143,7 +126,7 @@ def plot_accuracy(groups: list[Group], path: Path) -> None:
             acc = 100 * statistics.fmean(g.values("test/acc"))
             ax.axhline(acc, color="black", linestyle=":", label=f"teacher {g.model} ({g.params:,} params)")
         elif g.values("test/acc"):
-            series[g.label].append(g)
+            series[g.series].append(g)
     for label, members in sorted(series.items()):
         members.sort(key=lambda g: g.params)
         accs = [[100 * v for v in g.values("test/acc")] for g in members]
@@ -160,16 +143,16 @@ def plot_accuracy(groups: list[Group], path: Path) -> None:
 
 
 def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
-    """Validation accuracy per epoch of baseline vs mimic vs kd at the largest shape (width, rank, variant aside)
-    the baseline shares with a student (first seed and variant of each role); False when there is no such pair."""
+    """Validation accuracy per epoch of baseline vs mimic vs kd at the largest shape (width, rank) the baseline
+    shares with a student (first seed and plainest variant of each role); False when there is no such pair."""
     shallow: dict[tuple[str, str, str], Group] = {}
-    for g in sorted(groups, key=lambda g: g.variant != "-"):  # the plain variant of a role first
-        if g.role in ("baseline", *STUDENTS) and g.width != "-":  # shallow nets only
-            shallow.setdefault((g.role, g.width, g.rank), g)
+    for g in sorted(groups, key=lambda g: len(g.variant)):  # the plainest variant of a role first
+        if g.role in ("baseline", *STUDENTS) and g.param("model.width") != "-":  # shallow nets only
+            shallow.setdefault((g.role, g.param("model.width"), g.param("model.rank")), g)
     pairs = {(w, k) for (role, w, k) in shallow if role in STUDENTS and ("baseline", w, k) in shallow}
     if not pairs:
         return False
-    width, rank = max(pairs, key=lambda wk: (int(wk[0]), wk[1] == "-"))
+    width, rank = max(pairs, key=lambda wk: (int(wk[0]), wk[1] == "None"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for role in ("baseline", *STUDENTS):
         if (role, width, rank) not in shallow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from shallowmimic.tracking import UserError
+from shallowmimic.errors import UserError
+from shallowmimic.teacher import teacher_ids
 
 KEY = "shallowmimic"  # our entry in every Lightning checkpoint
 LAST = "checkpoints/last.ckpt"  # relative to a run dir
@@ -45,44 +47,60 @@ class RunState(Callback):
             loader.epoch = trainer.current_epoch
 
 
-def resume_point(resume: str) -> tuple[Path, str]:
-    """The checkpoint named by `resume=` (a run dir or a .ckpt file) and the MLflow run it belongs to."""
-    path = Path(resume)
-    ckpt = path / LAST if path.is_dir() else path
-    if not ckpt.is_file():
-        raise UserError(f"resume={resume}: no checkpoint there; give a run dir (outputs/runs/...) or a .ckpt file")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or not a checkpoint at all
-        raise UserError(f"resume={resume}: {ckpt} is not a readable checkpoint ({type(err).__name__})") from None
-    if KEY not in state:
-        raise UserError(f"resume={resume}: {ckpt} was not written by shallowmimic.train (no MLflow run id in it)")
-    if ckpt.parent.name != "checkpoints":  # the run dir holds it: the resumed fit writes its checkpoints there
-        raise UserError(f"resume={resume}: give the run dir, or a .ckpt inside its checkpoints/ folder")
-    return ckpt, state[KEY]["mlflow_run_id"]
+@dataclass(frozen=True)
+class Resume:
+    """`resume=<run dir or .ckpt>`: the last checkpoint of an interrupted fit and the MLflow run it continues."""
 
+    arg: str
+    checkpoint: Path
+    run: Run
 
-def interrupted_run(client: MlflowClient, run_id: str, resume: str) -> Run:
-    """The MLflow run a checkpoint belongs to, if it is in this store and not FINISHED."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"resume={resume}: its run {run_id} is not in this tracking store; set logger.tracking_uri "
-                        "(or MLFLOW_TRACKING_URI) to the store it was logged to") from None
-    if run.info.status == "FINISHED":
-        raise UserError(f"resume={resume}: run {run_id} is FINISHED; there is nothing to resume")
-    return run
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
 
+    @classmethod
+    def load(cls, resume: str, client: MlflowClient) -> Resume:
+        """The checkpoint named by `resume=` and its run, if that run is in this store and not FINISHED."""
+        path = Path(resume)
+        ckpt = path / LAST if path.is_dir() else path
+        if not ckpt.is_file():
+            raise UserError(f"resume={resume}: no checkpoint there; give a run dir (outputs/runs/...) or a .ckpt file")
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated or not a checkpoint at all
+            raise UserError(f"resume={resume}: {ckpt} is not a readable checkpoint ({type(err).__name__})") from None
+        if KEY not in state:
+            raise UserError(f"resume={resume}: {ckpt} was not written by shallowmimic.train (no MLflow run id in it)")
+        if ckpt.parent.name != "checkpoints":  # the run dir holds it: the resumed fit writes its checkpoints there
+            raise UserError(f"resume={resume}: give the run dir, or a .ckpt inside its checkpoints/ folder")
+        run_id = state[KEY]["mlflow_run_id"]
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise UserError(f"resume={resume}: its run {run_id} is not in this tracking store; set "
+                            "logger.tracking_uri (or MLFLOW_TRACKING_URI) to the store it was logged to") from None
+        if run.info.status == "FINISHED":
+            raise UserError(f"resume={resume}: run {run_id} is FINISHED; there is nothing to resume")
+        return cls(resume, ckpt, run)
 
-def reopen_run(client: MlflowClient, run: Run, resume: str, params: dict[str, str]) -> None:
-    """Check that the run can be continued with this config, and mark it RUNNING again."""
-    run_id = run.info.run_id
-    changed = [k for k, v in params.items() if k in run.data.params and run.data.params[k] != v]
-    if changed:
-        key = changed[0]
-        raise UserError(f"resume={resume}: {key}={params[key]} but run {run_id} has {key}="
-                        f"{run.data.params[key]}; resume with the run's own overrides")
-    client.update_run(run_id, status="RUNNING")
+    def teachers(self, requested: list[str]) -> list[str]:
+        """A resumed student keeps the teachers it learnt from, even if newer ones exist now."""
+        recorded = teacher_ids(self.run.data.tags.get("teacher_run_id"))
+        if recorded and requested and set(requested) != set(recorded):
+            raise UserError(f"teacher.run_id={','.join(requested)}: run {self.run_id} learnt from "
+                            f"{','.join(recorded)}; resume it with its own teachers")
+        return recorded or requested
+
+    def reopen(self, client: MlflowClient, params: dict[str, str]) -> None:
+        """Check that the run can be continued with this config, and mark it RUNNING again."""
+        logged = self.run.data.params
+        changed = [k for k, v in params.items() if k in logged and logged[k] != v]
+        if changed:
+            key = changed[0]
+            raise UserError(f"resume={self.arg}: {key}={params[key]} but run {self.run_id} has {key}={logged[key]}; "
+                            "resume with the run's own overrides")
+        client.update_run(self.run_id, status="RUNNING")
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:

@@ -2,71 +2,28 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
-Batch = dict[str, Tensor]
+from shallowmimic.data.loader import Batch
 
-
-def labels_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy on the labels (teacher and baseline)."""
-    return F.cross_entropy(logits, batch["y"])
-
-
-def mimic_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """The paper's L2 regression on the teacher's logits: 1/(2T) sum_t ||g(x_t) - z_t||^2."""
-    return 0.5 * (logits - batch["z"]).pow(2).sum(1).mean()
-
-
-def kd_loss(logits: Tensor, batch: Batch, temperature: float = 4.0, label_weight: float = 0.0) -> Tensor:
-    """Hinton et al.'s distillation: T^2 KL(softmax(z/T) || softmax(s/T)) + label_weight CE(s, y) on labelled rows.
-
-    T^2 keeps the soft term's gradients the same size whatever T (they scale as 1/T^2); rows with y = -1 are
-    transfer inputs without a label.
-    """
-    s, z = logits.float() / temperature, batch["z"].float() / temperature  # fp32 even under 16-bit training
-    loss = temperature**2 * F.kl_div(F.log_softmax(s, 1), F.log_softmax(z, 1), reduction="batchmean",
-                                     log_target=True)
-    if label_weight:
-        y = batch["y"]
-        # a sum over the labelled rows over their count (at least 1): 0, not NaN, on a batch without labels,
-        # and no host sync as `if mask.any()` would need
-        ce = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum") / (y >= 0).sum().clamp_min(1)
-        loss = loss + label_weight * ce
-    return loss
-
-
-LOSSES: dict[str, Callable[..., Tensor]] = {"labels": labels_loss, "mimic": mimic_loss, "kd": kd_loss}
-NEEDS_LOGITS = ("mimic", "kd")  # objectives that train on the teacher's logits `z`
-OBJECTIVE_KEYS = ("name", "monitor", "mode")  # an objective config's other keys are its loss's hyperparameters
 STAGES = ("train", "val", "test")
 
 
-def make_loss(objective: str | Mapping[str, Any]) -> Callable[[Tensor, Batch], Tensor]:
-    """The loss named by an objective, bound to the hyperparameters of its config (e.g. kd's temperature)."""
-    if isinstance(objective, str):
-        return LOSSES[objective]
-    kwargs = {k: v for k, v in objective.items() if k not in OBJECTIVE_KEYS}
-    return functools.partial(LOSSES[objective["name"]], **kwargs) if kwargs else LOSSES[objective["name"]]
-
-
 class System(L.LightningModule):
-    """Trains `net` with an objective from LOSSES (its name, or its config with the loss's hyperparameters); logs
+    """Trains `net` with a loss (objectives.py) and an optimizer factory (configured with `_partial_`); logs
     `stage/loss`, `stage/acc` (on rows with a label, y >= 0) and, where the batch carries the teacher's logits `z`,
     `stage/agreement` (argmax equal to the teacher's) and `stage/logit_mse`."""
 
-    def __init__(self, net: nn.Module, objective: str | Mapping[str, Any],
+    def __init__(self, net: nn.Module, loss: Callable[[Tensor, Batch], Tensor],
                  optimizer: Callable[..., torch.optim.Optimizer], num_classes: int) -> None:
         super().__init__()
-        self.net, self.loss_fn, self.make_optimizer = net, make_loss(objective), optimizer
+        self.net, self.loss_fn, self.make_optimizer = net, loss, optimizer
         # one set of torchmetrics objects per stage, so train/val/test never share state
         # (keys get a suffix: a ModuleDict key "train" would clash with nn.Module.train)
         self.metrics = nn.ModuleDict({f"{s}_metrics": nn.ModuleDict({

@@ -3,7 +3,6 @@ over the transfer set; an ensemble's targets are the mean of its members' logits
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -15,12 +14,13 @@ from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from shallowmimic.cache import cached, sha256_file, spec_key
+from shallowmimic import checks
+from shallowmimic.cache import cached, digest_arrays, sha256_file, spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.tracking import UserError
+from shallowmimic.errors import BadValue, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,16 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
 def teacher_ids(run_ids: str | Sequence[str] | None) -> list[str]:
     """Teacher run ids from one id, a list, or ids joined by commas (as the `teacher_run_id` tag holds them)."""
     return [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
+
+
+def check_keys(run_ids: str | Sequence[str] | None, ensemble: int) -> None:
+    """The teacher.* keys: run ids of letters and digits (a list: an ensemble), or the newest `ensemble` runs."""
+    checks.integer("teacher.ensemble", ensemble)
+    ids = list(run_ids) if isinstance(run_ids, Sequence | ListConfig) and not isinstance(run_ids, str) else [run_ids]
+    if run_ids is not None and not (ids and all(isinstance(i, str) and i.isalnum() for i in ids)):
+        raise BadValue("teacher.run_id", run_ids, "null or an MLflow run id (letters and digits), or a list of them")
+    if run_ids is not None and ensemble != 1:
+        raise BadValue("teacher.ensemble", ensemble, "1 when teacher.run_id names the teachers (list them all)")
 
 
 def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None,
@@ -89,13 +99,9 @@ def check_teacher(run: Run, dm: ArrayDataModule) -> None:
 
 
 def weights_digest(state: dict[str, Tensor]) -> str:
-    """sha256 of a state dict's names and tensor bytes: equal weights give equal keys, whatever else the checkpoint
-    file holds (paths, loop state), so a retrained but identical teacher reuses its cached logits."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of a state dict's names and tensors: equal weights give equal keys, whatever else the checkpoint file
+    holds (paths, loop state), so a retrained but identical teacher reuses its cached logits."""
+    return digest_arrays({name: t.detach().cpu().numpy() for name, t in state.items()})
 
 
 def load_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:

@@ -1,4 +1,4 @@
-"""MLflow plumbing: one store, one experiment per dataset, runs that always end FINISHED or FAILED."""
+"""MLflow plumbing: one store, one experiment per dataset, flat params, and the parent run of a sweep."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import atexit
 import logging
 import re
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import project_root
@@ -21,10 +19,6 @@ from shallowmimic import project_root
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line, with a non-zero exit and no traceback."""
 
 
 def redact(uri: str) -> str:
@@ -73,8 +67,10 @@ def flat_params(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if k in ("_partial_", "_convert_", "cache_dir") or (k == "_target_" and "name" in node):
-                    continue  # a group's own `name` (the data set's) wins over its class name, whatever the order
+                if k in ("_partial_", "_convert_", "cache_dir", "loss") or (k == "_target_" and "name" in node):
+                    # a group's own `name` (the data set's) wins over its class name, whatever the order; an
+                    # objective's `loss` is built from the keys beside it
+                    continue
                 walk(f"{prefix}.{k}" if k != "_target_" else f"{prefix}.name", v)
         elif isinstance(node, str) and prefix.endswith(".name") and "." in node:
             out[prefix] = node.rsplit(".", 1)[-1]
@@ -93,54 +89,6 @@ def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[st
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id
-
-
-@contextmanager
-def finished_or_failed(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """Mark the run FINISHED when the block completes and FAILED when anything escapes it (Ctrl-C included)."""
-    try:
-        yield
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-
-
-class RunLog:
-    """One MLflow run as one process sees it: the writer (rank 0) records; other DDP ranks only know the id."""
-
-    def __init__(self, client: MlflowClient, run_id: str | None, writer: bool) -> None:
-        self.client, self.run_id, self.writer = client, run_id, writer
-
-    def tags(self, tags: dict[str, str]) -> None:
-        if self.writer:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def params(self, params: dict[str, object]) -> None:
-        if self.writer:
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def metrics(self, metrics: dict[str, float]) -> None:
-        if self.writer:
-            for key, value in metrics.items():
-                self.client.log_metric(self.run_id, key, value)
-
-    def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        if self.writer:
-            self.client.log_artifact(self.run_id, str(path), folder)
-
-    def text(self, text: str, name: str) -> None:
-        if self.writer:
-            self.client.log_text(self.run_id, text, name)
-
-    @contextmanager
-    def closing(self) -> Iterator[None]:
-        """The writer ends the run FINISHED or FAILED with the block."""
-        if not self.writer:
-            yield
-            return
-        with finished_or_failed(self.client, self.run_id):
-            yield
 
 
 def sweep_parent(sweep_dir: str | None) -> str | None:

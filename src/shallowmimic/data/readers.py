@@ -1,4 +1,4 @@
-"""Readers for real datasets in their on-disk formats (no torchvision needed to read), and image augmentation.
+"""Readers for real datasets in their on-disk formats (no torchvision needed to read).
 
 Every reader returns raw arrays by name: `x_train, y_train, x_test, y_test` and, where the source has them,
 `x_val, y_val, x_unlabelled`. Inputs keep their stored dtype (uint8 pixels stay uint8: 4x smaller caches);
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shallowmimic.tracking import UserError
-
-Arrays = dict[str, np.ndarray]
+from shallowmimic.cache import Arrays
+from shallowmimic.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("x_val", "y_val", "x_unlabelled")
@@ -230,25 +229,3 @@ def read_image_folder(files: list[Path], shape: tuple[int, ...]) -> np.ndarray:
                             f"{width}x{height}")
         out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return out
-
-
-def augment(x: np.ndarray, n: int, seed: int, pad: int, flip: bool,
-            chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
-    """`n` random copies of images x (N, C, H, W): each a random H x W crop of the image zero-padded by `pad`
-    pixels (a shift of up to `pad`), mirrored left-right half the time if `flip`. Returns the copies (x's dtype)
-    and the index of each copy's source image."""
-    rng = np.random.default_rng(seed)
-    _, c, h, w = x.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    source = rng.integers(0, len(x), n)
-    out = np.empty((n, c, h, w), x.dtype)
-    for start in range(0, n, chunk):  # bounded index arrays, whatever n
-        idx = source[start : start + chunk]
-        m = len(idx)
-        rows = rng.integers(0, 2 * pad + 1, m)[:, None] + np.arange(h)  # (m, H)
-        cols = rng.integers(0, 2 * pad + 1, m)[:, None] + np.arange(w)  # (m, W)
-        if flip:
-            cols = np.where(rng.random(m)[:, None] < 0.5, cols[:, ::-1], cols)
-        out[start : start + m] = padded[idx[:, None, None, None], np.arange(c)[None, :, None, None],
-                                        rows[:, None, :, None], cols[:, None, None, :]]
-    return out, source

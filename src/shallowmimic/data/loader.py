@@ -1,0 +1,52 @@
+"""Batches served from in-memory tensors, a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+Batch = dict[str, Tensor]  # x: inputs, y: labels (-1: none), z: the teacher's logits
+
+
+class InMemoryLoader:
+    """Serves batches sliced from in-memory tensors, a batch at a time (no per-sample collation).
+
+    Shuffles with a generator seeded by (seed, epoch) so every DDP rank draws the same permutation, then each
+    rank takes its own stride of it.
+    """
+
+    def __init__(self, tensors: Batch, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def _rank_world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _n_local(self) -> int:
+        n = len(next(iter(self.tensors.values())))
+        rank, world = self._rank_world()
+        if self.shuffle:
+            n -= n % world  # training: every rank takes the same number of steps, or DDP's all-reduce hangs
+        return len(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return -(-self._n_local() // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(next(iter(self.tensors.values())))
+        rank, world = self._rank_world()
+        tensors = self.tensors
+        if self.shuffle or world > 1:
+            order = torch.arange(n)
+            if self.shuffle:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+                order = order[: n - n % world]
+            order = order[rank::world]  # evaluation: strided, so every sample is scored exactly once
+            tensors = {k: v[order] for k, v in tensors.items()}  # one gather per epoch, then cheap views
+        self.epoch += 1
+        for i in range(0, len(next(iter(tensors.values()))), self.batch_size):
+            yield {k: v[i : i + self.batch_size] for k, v in tensors.items()}

@@ -1,0 +1,161 @@
+"""The generic DataModule: labelled arrays held in memory, split, standardised, with a transfer set for the mimic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from shallowmimic import checks
+from shallowmimic.cache import Arrays, digest_arrays
+from shallowmimic.data import transfer as transfers
+from shallowmimic.data.loader import Batch, InMemoryLoader
+from shallowmimic.data.readers import validate
+from shallowmimic.errors import UserError
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Labelled arrays held in memory: a validation split carved from train with a seed (unless the data gives one),
+    each input dimension standardised with the training split's statistics, and a transfer set (data/transfer.py).
+
+    Give `arrays` (x_train, y_train, x_test, y_test, optional x_val, y_val, x_unlabelled), or subclass and read
+    them in `load_arrays`.
+    """
+
+    transfers: tuple[str, ...] = ("train", "pool", "augment")  # the transfer sets this data can make
+
+    def __init__(self, name: str, arrays: Arrays | None = None, num_classes: int | None = None,
+                 val_size: int = 5000, split_seed: int = 0, transfer: str = "train", transfer_size: int = 0,
+                 transfer_seed: int = 1, pool_dir: str | None = None, augment_pad: int = 4, augment_flip: bool = False,
+                 dup_tol: float | None = None, std_floor: float = 0.1, batch_size: int = 256,
+                 eval_batch_size: int = 2048, shuffle_seed: int = 0, cache_dir: str = "outputs/cache/data") -> None:
+        super().__init__()
+        checks.integer("num_classes", num_classes, minimum=2, optional=True)
+        checks.integer("val_size", val_size)
+        checks.choice("transfer", transfer, list(transfers.TRANSFERS))
+        for key, value in (("split_seed", split_seed), ("transfer_size", transfer_size),
+                           ("transfer_seed", transfer_seed), ("augment_pad", augment_pad)):
+            checks.integer(key, value, minimum=0)
+        checks.path("pool_dir", pool_dir)
+        checks.flag("augment_flip", augment_flip)
+        checks.number("dup_tol", dup_tol, 0, optional=True)  # null: no duplicate check
+        checks.number("std_floor", std_floor, 0)
+        checks.integer("batch_size", batch_size)
+        checks.integer("eval_batch_size", eval_batch_size)
+        self.name, self.arrays, self.num_classes = name, arrays, num_classes
+        self.val_size, self.split_seed, self.std_floor = val_size, split_seed, std_floor
+        self.transfer, self.transfer_size, self.transfer_seed = transfer, transfer_size, transfer_seed
+        self.pool_dir, self.augment_pad, self.augment_flip = pool_dir, augment_pad, augment_flip
+        self.dup_tol, self.batch_size, self.eval_batch_size = dup_tol, batch_size, eval_batch_size
+        self.shuffle_seed, self.cache_dir = shuffle_seed, Path(cache_dir)
+        self.in_shape: tuple[int, ...] = ()  # one sample's shape, e.g. (40,) or (3, 32, 32); known after setup()
+        self.splits: dict[str, Batch] = {}
+        self.mean: Tensor | None = None
+        self.std: Tensor | None = None
+        self.digest = ""  # sha256 of the arrays read, so the caches keyed by spec() notice changed files
+        self.unlabelled: np.ndarray | None = None  # the data's own x_unlabelled, if any
+        self.train_raw: tuple[np.ndarray, np.ndarray] | None = None  # kept only to augment from
+        self.raw_dtype = np.dtype(np.float32)
+        self.n_duplicates_dropped = 0
+        self._transfer: Batch | None = None
+
+    def load_arrays(self) -> Arrays:
+        """The raw arrays by name; subclasses read them from disk."""
+        if self.arrays is None:
+            raise NotImplementedError(f"{type(self).__name__} needs `arrays` or its own load_arrays()")
+        return self.arrays
+
+    def raw_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Raw (x, y) for train, val and test: the data's own validation split, or `val_size` samples drawn from
+        train with `split_seed`."""
+        arrays = validate(self.load_arrays(), self.name)
+        self.digest = digest_arrays(arrays)
+        self.unlabelled = arrays.get("x_unlabelled")
+        x, y = arrays["x_train"], arrays["y_train"]
+        splits = {"test": (arrays["x_test"], arrays["y_test"])}
+        if "x_val" in arrays:
+            return {"train": (x, y), "val": (arrays["x_val"], arrays["y_val"])} | splits
+        if not self.val_size < len(y):
+            raise UserError(f"data.val_size={self.val_size}: must be below the {len(y)} training samples of "
+                            f"{self.name}")
+        order = np.random.default_rng(self.split_seed).permutation(len(y))
+        val, fit = np.sort(order[: self.val_size]), np.sort(order[self.val_size :])  # sorted: the files' order
+        return {"train": (x[fit], y[fit]), "val": (x[val], y[val])} | splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits (idempotent) and standardise each input dimension with the training split's statistics.
+
+        A dimension's std is floored at `std_floor` times the mean std over dimensions: near-constant ones (an
+        image's border pixels) would otherwise blow a rare non-zero test or transfer value up a million times.
+        """
+        if self.splits:
+            return
+        raw = self.raw_splits()
+        x_fit = torch.from_numpy(raw["train"][0]).float()
+        self.in_shape, self.raw_dtype = tuple(x_fit.shape[1:]), raw["train"][0].dtype
+        std = x_fit.std(0)
+        self.mean, self.std = x_fit.mean(0), std.clamp_min(max(1e-6, self.std_floor * std.mean().item()))
+        self.splits = {k: {"x": self.standardise(x), "y": torch.from_numpy(y)} for k, (x, y) in raw.items()}
+        n_classes = 1 + max(int(s["y"].max()) for s in self.splits.values() if len(s["y"]))
+        if self.num_classes is None:
+            self.num_classes = n_classes
+        elif n_classes > self.num_classes:
+            raise UserError(f"data.num_classes={self.num_classes}: {self.name} has labels up to {n_classes - 1}")
+        if self.transfer == "augment":
+            self.train_raw = raw["train"]
+        transfers.check(self)
+
+    def standardise(self, x: np.ndarray) -> Tensor:
+        """Raw inputs -> float32, standardised with the training split's mean and std."""
+        return (torch.from_numpy(x).float() - self.mean) / self.std
+
+    def spec(self) -> dict:
+        """Everything that determines the inputs, in train/val/test/transfer order (the logits cache key)."""
+        self.setup()
+        spec = {"name": self.name, "sha256": self.digest, "val_size": self.val_size, "split_seed": self.split_seed,
+                "std_floor": self.std_floor, "transfer": self.transfer, "transfer_size": self.transfer_size,
+                "transfer_seed": self.transfer_seed, "augment_pad": self.augment_pad,
+                "augment_flip": self.augment_flip, "dup_tol": self.dup_tol}
+        if self.transfer == "pool" and self.pool_dir is not None:
+            spec["pool"] = transfers.pool_key(self.pool_dir)
+        return spec
+
+    def generate_transfer(self) -> np.ndarray:
+        """Raw generated transfer inputs; only datasets with a generator have them."""
+        raise NotImplementedError
+
+    def transfer_inputs(self) -> Tensor:
+        """The transfer inputs beyond the training split (standardised), built once."""
+        if self._transfer is None:
+            self.setup()
+            self._transfer = transfers.build(self)
+        return self._transfer["x"]
+
+    def teacher_inputs(self) -> dict[str, Tensor]:
+        """Every input the mimic needs the teacher's logits for, by split."""
+        self.setup()
+        return {**{k: v["x"] for k, v in self.splits.items()}, "transfer": self.transfer_inputs()}
+
+    def attach_logits(self, logits: dict[str, Tensor]) -> None:
+        """Give each split the teacher's logits `z`; the mimic then trains on train + transfer inputs, with `y` the
+        true label of training rows and -1 on transfer rows without one."""
+        for split in ("train", "val", "test"):
+            self.splits[split]["z"] = logits[split]
+        self.transfer_inputs()
+        train, extra = self.splits["train"], self._transfer
+        self.splits["mimic"] = {"x": torch.cat([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
+                                "z": torch.cat([logits["train"], logits["transfer"]])}
+
+    def train_dataloader(self) -> InMemoryLoader:
+        """Shuffled batches: labelled train split, or train + transfer with teacher logits once attached."""
+        data = self.splits.get("mimic", self.splits["train"])
+        return InMemoryLoader(data, self.batch_size, shuffle=True, seed=self.shuffle_seed)
+
+    def val_dataloader(self) -> InMemoryLoader:
+        return InMemoryLoader(self.splits["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> InMemoryLoader:
+        return InMemoryLoader(self.splits["test"], self.eval_batch_size, shuffle=False)

@@ -1,0 +1,22 @@
+"""The user's mistakes: one line naming the key or file, a non-zero exit, no traceback, no run created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, with a non-zero exit and no traceback."""
+
+
+class BadValue(UserError):
+    """A config value a constructor refuses: `key=value: must be <allowed>`. The key is the constructor's argument;
+    whoever built the object from a config group prefixes the group (`width` -> `model.width`)."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value}: must be {allowed}")
+
+    def under(self, group: str) -> BadValue:
+        """The same error with its key inside `group`."""
+        return BadValue(f"{group}.{self.key}", self.value, self.allowed)
