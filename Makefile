@@ -31,7 +31,11 @@ SWEEP   = $(if $(WIDTHS),model.width=$(WIDTHS)) $(if $(RANKS),model.rank=$(RANKS
 # torch threads per parallel job: the cores shared out, so jobs do not oversubscribe them
 THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
-.PHONY: help install run teacher baseline mimic sweep report bench ui server test lint clean
+# make paper: the paper's study (conf/study/<SIZE>.yaml) on DATA, JOBS jobs at a time
+SIZE   ?= full
+DATA   ?= mnist1d
+
+.PHONY: help install run teacher baseline mimic sweep paper report bench ui server test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +66,9 @@ mimic: install  ## train the shallow mimic on the newest teacher's logits
 sweep: install  ## baseline + mimic over width x rank x seed (GRID=width_rank) under one MLflow parent, then the report
 	$(TRAIN) --multirun sweep=$(GRID) $(SWEEP) $(ARGS)
 	$(PY) -m shallowmimic.report
+
+paper: install  ## the paper's study: Figures 1-3, bottleneck, controls, inference cost (SIZE=smoke DATA=... JOBS=2)
+	$(PY) -m shallowmimic.study --size $(SIZE) --data $(DATA) --jobs $(JOBS) $(ARGS)
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.report $(ARGS)

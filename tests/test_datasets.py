@@ -17,8 +17,7 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from PIL import Image
 
-from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule
-from shallowmimic.data import readers as datasets
+from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule, readers
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
@@ -40,17 +39,17 @@ def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 120, n_test: i
     """Tiny MNIST-format files in torchvision's layout `<root>/<folder>/raw/`; returns the arrays written."""
     arrays = {"x_train": RNG.integers(0, 256, (n_train, 28, 28)), "y_train": np.arange(n_train) % 10,
               "x_test": RNG.integers(0, 256, (n_test, 28, 28)), "y_test": np.arange(n_test) % 10}
-    for key, name in datasets.MNIST_FILES.items():
+    for key, name in readers.MNIST_FILES.items():
         write_idx(root / folder / "raw" / (name + (".gz" if gz and key.startswith("x") else "")), arrays[key])
     return arrays
 
 
 def write_cifar(root: Path, per_batch: int = 24, n_test: int = 30) -> dict:
     """Tiny CIFAR-10 python batches (pickled dicts with bytes keys, as the official files hold them)."""
-    folder = root / datasets.CIFAR10_DIR
+    folder = root / readers.CIFAR10_DIR
     folder.mkdir(parents=True)
     out = {}
-    for name in datasets.CIFAR10_FILES:
+    for name in readers.CIFAR10_FILES:
         n = n_test if name == "test_batch" else per_batch
         batch = {b"data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(RNG.integers(0, 10, n))}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
@@ -114,7 +113,7 @@ def test_cifar10_python_batches(tmp_path: Path) -> None:
     first = written["data_batch_1"]
     np.testing.assert_array_equal(arrays["x_train"][0, 0].ravel(), first[b"data"][0, :1024])  # red plane first
     np.testing.assert_array_equal(arrays["y_train"][:24], first[b"labels"])
-    (tmp_path / datasets.CIFAR10_DIR / "data_batch_3").write_bytes(pickle.dumps({b"data": [1, 2]}))
+    (tmp_path / readers.CIFAR10_DIR / "data_batch_3").write_bytes(pickle.dumps({b"data": [1, 2]}))
     with pytest.raises(UserError, match="data_batch_3: not a CIFAR-10 python batch") as err:
         load_cifar10(tmp_path)
     one_line(err)

@@ -61,7 +61,7 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_input_is_refused_before_any_run(make_cfg, client: MlflowClient, overrides, message) -> None:
     with pytest.raises(UserError) as err:
-        train(make_cfg(*overrides))  # refused before any data or training work
+        train(make_cfg(*overrides))  # refused before any run exists or any training starts
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
     assert [r.info.status for r in runs_of(client)] == []
@@ -89,3 +89,13 @@ def test_a_crash_inside_the_run_marks_it_failed(make_cfg, client: MlflowClient, 
     with pytest.raises(RuntimeError, match="disk full"):
         train(make_cfg("experiment=baseline", *TINY_SHALLOW))
     assert [r.info.status for r in runs_of(client)] == ["FAILED"]
+
+
+def test_an_interrupted_fit_marks_the_run_killed(make_cfg, client: MlflowClient, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises; Lightning turns it into SystemExit(1) after its shutdown
+
+    monkeypatch.setattr("lightning.Trainer.fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg("experiment=baseline", *TINY_SHALLOW))
+    assert [r.info.status for r in runs_of(client)] == ["KILLED"]

@@ -21,7 +21,7 @@ def teacher_run(make_cfg, client: MlflowClient):
 
 def test_teacher_run_is_recorded(teacher_run, client: MlflowClient) -> None:
     assert teacher_run.info.status == "FINISHED"
-    assert teacher_run.info.run_name == "teacher CNN1D seed=0"
+    assert teacher_run.info.run_name == "teacher CNN1D d=2 c=8 seed=0"
     assert teacher_run.data.tags["role"] == "teacher"
     assert teacher_run.data.params["model.name"] == "CNN1D"
     assert int(teacher_run.data.params["n_params"]) > 0

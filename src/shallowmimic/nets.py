@@ -40,12 +40,13 @@ class ShallowNet(nn.Module):
 
     The bottleneck has no bias and no nonlinearity: it factorises the D x H weight matrix as U (D x k) V (k x H),
     which adds no representational power but cuts parameters to k(D + H) and speeds up SGD (paper, section 2.2).
-    `conv_channels` puts one conv + max-pool layer in front (the paper's SNN-CNN-MIMIC on CIFAR-10).
+    `conv_channels` puts one conv + max-pool layer in front (the paper's SNN-CNN-MIMIC on CIFAR-10); `dropout` on
+    the hidden units regularises the label-trained baseline (the paper's SNNs had it; its mimics needed none).
     """
 
     def __init__(self, in_shape: int | Sequence[int], num_classes: int, width: int = 2048, rank: int | None = None,
                  activation: str = "relu", conv_channels: int | None = None, conv_kernel: int = 5,
-                 conv_pool: int = 2) -> None:
+                 conv_pool: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
         checks.integer("width", width)
         checks.integer("rank", rank, optional=True)
@@ -55,6 +56,7 @@ class ShallowNet(nn.Module):
         if conv_kernel % 2 == 0:  # odd: the conv keeps the input's size, the pool alone shrinks it
             raise BadValue("conv_kernel", conv_kernel, "an odd integer")
         checks.integer("conv_pool", conv_pool)
+        checks.number("dropout", dropout, 0, 0.99)
         self.in_shape = as_shape(in_shape)
         # without a conv front the module holds no extra weights: checkpoints and param counts stay as they were
         self.front: nn.Module | None = None
@@ -66,7 +68,10 @@ class ShallowNet(nn.Module):
         layers: list[nn.Module] = []
         if rank is not None:
             layers.append(nn.Linear(in_dim, rank, bias=False))
-        layers += [nn.Linear(rank or in_dim, width), ACTIVATIONS[activation](), nn.Linear(width, num_classes)]
+        layers += [nn.Linear(rank or in_dim, width), ACTIVATIONS[activation]()]
+        if dropout:  # only then: the layers' indices, and so old checkpoints' keys, stay as they were without it
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
 
     def _conv_shape(self) -> tuple[int, ...]:

@@ -56,6 +56,9 @@ class KDLoss:
         return kd_loss(logits, batch, self.temperature, self.label_weight)
 
 
+MONITORS = ("val/loss", "val/acc", "val/logit_mse", "val/agreement", "train/loss", "train/acc")
+
+
 @dataclass(frozen=True)
 class Objective:
     """A built objective: its loss, whether it learns from a teacher's logits, and the validation metric (and
@@ -72,5 +75,3 @@ class Objective:
         checks.choice("monitor", self.monitor, MONITORS)
         checks.choice("mode", self.mode, ["min", "max"])
 
-
-MONITORS = ("val/loss", "val/acc", "val/logit_mse", "val/agreement")

@@ -28,7 +28,7 @@ from shallowmimic import project_root
 
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2, "kd": 3}
 STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
-COLUMNS = ["role", "model", "variant", "params", "seeds", "test acc", "agreement", "epochs"]
+COLUMNS = ["role", "variant", "params", "seeds", "test acc", "agreement", "epochs"]  # variant names the model
 
 
 def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
@@ -109,7 +109,7 @@ def table(groups: list[Group]) -> list[dict[str, str]]:
     rows = []
     for g in groups:
         epochs = g.values("val/best_epoch")
-        rows.append({"role": g.role, "model": g.model, "variant": g.variant, "params": f"{g.params:,}",
+        rows.append({"role": g.role, "variant": g.variant, "params": f"{g.params:,}",
                      "seeds": str(len(g.runs)), "test acc": _mean_std(g.values("test/acc")),
                      "agreement": _mean_std(g.values("test/agreement")),
                      "epochs": f"{statistics.fmean(epochs) + 1:.0f}" if epochs else "-"})

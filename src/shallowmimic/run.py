@@ -18,23 +18,27 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from shallowmimic.resume import Resume, StepOnceMLFlowLogger, logged_steps
 from shallowmimic.tracking import git_commit, redact, start_run, sweep_parent
 
-ROLES = ("teacher", "baseline", "mimic", "kd")
-
 
 def variant(cfg: DictConfig, n_teachers: int = 1) -> str:
-    """What sets a run apart within its role: `w=2048 k=32`, `w=512 conv=16 T=4.0 ensemble=4`, `CNN1D`. The one
+    """What sets a run apart within its role: `w=2048 k=32`, `w=512 conv=16 T=4.0 ensemble=4`, `w=512 drop=0.5
+    wd=0.0001`, `CNN1D d=4 c=64`, `DeepMLP h=58x58`. The one
     place that names it: run names, the `variant` tag, the report and the bench all read it from here."""
     model, objective = cfg.model, cfg.objective
     if "width" in model:
         parts = [f"w={model.width}"] + ([f"k={model.rank}"] if model.rank is not None else [])
         parts += [f"conv={model.conv_channels}"] if model.get("conv_channels") else []
-    else:
+        parts += [f"drop={model.dropout}"] if model.get("dropout") else []
+    else:  # a deep net: its class and the sizes of its layers
         parts = [model._target_.rsplit(".", 1)[-1]]
+        parts += [f"d={model.depth}"] if "depth" in model else []
+        parts += [f"{key[0]}={'x'.join(map(str, model[key])) if OmegaConf.is_list(model[key]) else model[key]}"
+                  for key in ("hidden", "channels") if key in model]
+    parts += [f"wd={cfg.optimizer.weight_decay}"] if cfg.optimizer.get("weight_decay") else []
     parts += [f"T={objective.temperature}"] if "temperature" in objective else []
     parts += [f"labels={objective.label_weight}"] if objective.get("label_weight") else []
     return " ".join(parts + ([f"ensemble={n_teachers}"] if n_teachers > 1 else []))
@@ -53,7 +57,7 @@ class Run:
         """Create the run (rank 0), reopen the interrupted one (resume=), or join rank 0's (DDP ranks > 0)."""
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
         if rank_zero_only.rank > 0:
-            run_id = cfg.logger.run_id
+            run_id = cfg.logger.run_id  # rank 0's, from the command line it relaunched this process with
         elif resume is not None:
             resume.reopen(client, params)  # its params and tags are already in the store
             run_id = resume.run_id
@@ -93,7 +97,10 @@ class Run:
     def trainer(self, cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
         """The configured Trainer, logging into this run (a resumed one skips the steps it logged already)."""
         logged = logged_steps(self.client, self.run_id) if self.resumed else {}
-        return make_trainer(cfg, self.run_id, callbacks, self.dir, logged)
+        trainer = make_trainer(cfg, self.run_id, callbacks, self.dir, logged)
+        self.params({"trainer.world_size": trainer.world_size,
+                     "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
+        return trainer
 
     def relaunch_here(self, teacher_ids: list[str]) -> None:
         """Lightning's DDP re-executes `sys.argv` for ranks > 0, adding `hydra.run.dir=<run.dir>`: inside a
@@ -102,9 +109,10 @@ class Run:
         if not HydraConfig.initialized():
             return
         hydra_cfg = HydraConfig.get()
-        ours = {"logger.run_id": self.run_id}
+        # quoted: an id of digits alone would otherwise be read as a number
+        ours = {"logger.run_id": f"'{self.run_id}'"}
         if teacher_ids:
-            ours |= {"teacher.run_id": f"[{','.join(teacher_ids)}]", "teacher.ensemble": "1"}
+            ours |= {"teacher.run_id": "[" + ",".join(f"'{i}'" for i in teacher_ids) + "]", "teacher.ensemble": "1"}
         kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ours]
         sys.argv = [sys.argv[0], *kept, *(f"{k}={v}" for k, v in ours.items())]
         with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
@@ -123,8 +131,6 @@ class Run:
             status = "KILLED"
             raise
         finally:
-            if self.writer:
-                self.client.set_terminated(self.run_id, status)
             # Lightning's DDP leaves its environment (LOCAL_RANK, MASTER_PORT, ...) and process group in rank 0: the
             # next job of a multirun would take them for an external launcher's and hang
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -132,6 +138,8 @@ class Run:
             for key in set(os.environ) - set(env):
                 del os.environ[key]
             os.environ.update(env)
+            if self.writer:
+                self.client.set_terminated(self.run_id, status)
 
 
 def make_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path,

@@ -3,15 +3,16 @@ the tracking store, paths, seed and role. Our own objects (nets, data, objective
 
 from __future__ import annotations
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from shallowmimic import checks
 from shallowmimic.errors import BadValue
-from shallowmimic.run import ROLES
 from shallowmimic.tracking import redact
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+ROLES = ("teacher", "baseline", "mimic", "kd")
 URI_SCHEMES = ("sqlite:///", "http://", "https://", "file:", "postgresql", "mysql", "databricks")
 
 
@@ -40,6 +41,9 @@ def check(cfg: DictConfig) -> None:
         checks.writable_folder(f"paths.{key}", cfg.paths[key])
     if cfg.resume is not None and not isinstance(cfg.resume, str):
         raise BadValue("resume", cfg.resume, "null or the path of a run dir or .ckpt file")
+    if cfg.logger.get("run_id") is not None and rank_zero_only.rank == 0:
+        raise BadValue("logger.run_id", cfg.logger.run_id, "null (rank 0 hands it to the DDP ranks it starts); to "
+                       "continue a run use resume=")
     uri = str(cfg.logger.tracking_uri)
     if not uri.startswith(URI_SCHEMES):
         raise BadValue("logger.tracking_uri", redact(uri), f"a tracking URI starting with {', '.join(URI_SCHEMES)}")

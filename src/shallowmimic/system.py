@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,14 +17,16 @@ STAGES = ("train", "val", "test")
 
 
 class System(L.LightningModule):
-    """Trains `net` with a loss (objectives.py) and an optimizer factory (configured with `_partial_`); logs
+    """Trains `net` with a loss (objectives.py), an optimizer factory and optionally a learning-rate schedule
+    (schedules.py; both configured with `_partial_`); logs
     `stage/loss`, `stage/acc` (on rows with a label, y >= 0) and, where the batch carries the teacher's logits `z`,
     `stage/agreement` (argmax equal to the teacher's) and `stage/logit_mse`."""
 
     def __init__(self, net: nn.Module, loss: Callable[[Tensor, Batch], Tensor],
-                 optimizer: Callable[..., torch.optim.Optimizer], num_classes: int) -> None:
+                 optimizer: Callable[..., torch.optim.Optimizer], num_classes: int,
+                 scheduler: Callable[..., dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.net, self.loss_fn, self.make_optimizer = net, loss, optimizer
+        self.net, self.loss_fn, self.make_optimizer, self.make_scheduler = net, loss, optimizer, scheduler
         # one set of torchmetrics objects per stage, so train/val/test never share state
         # (keys get a suffix: a ModuleDict key "train" would clash with nn.Module.train)
         self.metrics = nn.ModuleDict({f"{s}_metrics": nn.ModuleDict({
@@ -90,5 +93,10 @@ class System(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.make_optimizer(self.net.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.make_optimizer(self.net.parameters())
+        if self.make_scheduler is None:
+            return optimizer
+        # the schedule spans the whole fit: Lightning knows its number of optimizer steps once the data is attached
+        schedule = self.make_scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -112,8 +112,12 @@ class SweepParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.client, experiment_id = open_store(config.logger)
         overrides = redact(" ".join(config.hydra.overrides.task))
-        self.run_id = start_run(self.client, experiment_id, f"sweep {overrides}"[:250],
-                                {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}, {})
+        tags = {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}
+        study = config.get("study") or {}  # a stage of `make paper`: nest under the study's run
+        if study.get("run_id"):
+            tags |= {"mlflow.parentRunId": study.run_id, "study.stage": str(study.stage)}
+        name = f"{study.stage} {overrides}" if study.get("stage") else f"sweep {overrides}"
+        self.run_id = start_run(self.client, experiment_id, name[:250], tags, {})
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.run_id)

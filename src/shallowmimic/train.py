@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import settings
 from shallowmimic.checks import build
+from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
@@ -39,55 +41,52 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, test its best-on-validation checkpoint once, log everything; return test metrics."""
     started = time.perf_counter()
     settings.check(cfg)
-    objective = build_objective(cfg.objective)
-    client, experiment_id = open_store(cfg.logger)
-    resume = Resume.load(cfg.resume, client) if cfg.resume else None
-    teachers = pick_teachers(cfg, client, experiment_id, resume)  # none for label training
-
+    objective, schedule = build_objective(cfg.objective), build_schedule(cfg.get("scheduler"))
+    callbacks = [build_callback(name, node) for name, node in cfg.callbacks.items()]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm = build("data", cfg.data)
     dm.setup()
-    for teacher in teachers:
-        check_teacher(teacher, dm)
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
+    client, experiment_id = open_store(cfg.logger)
+    resume = Resume.load(cfg.resume, client) if cfg.resume else None
+    teachers = pick_teachers(cfg, objective, client, experiment_id, resume)  # none for label training
+    for teacher in teachers:
+        check_teacher(teacher, dm)
+
     shape = variant(cfg, len(teachers))
-    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape} | lineage(teachers)
-    params = flat_params(cfg, ("data", "model", "objective", "optimizer", "trainer"))
+    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape} | lineage(cfg, teachers)
+    params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
     with run.closing():
         run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
-        if teachers:  # rank 0 builds the cache before Lightning starts the other ranks; they find it there
-            logits, cache_tags = ensemble_logits(client, teachers, dm, Path(cfg.paths.cache) / "logits")
-            dm.attach_logits(logits)
-            run.tags(cache_tags)
-            run.params({"data.n_transfer": len(dm.transfer_inputs()),
-                        "data.n_duplicates_dropped": dm.n_duplicates_dropped})
+        if teachers:
+            attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits")
+        run.params({"data.n_train_rows": dm.n_train_rows})
 
-        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes)
+        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
         # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
         checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", save_last=True,
                                      monitor=objective.monitor, mode=objective.mode)
-        trainer = run.trainer(cfg, [checkpoint, RunState(run.run_id)])
-        run.params({"trainer.world_size": trainer.world_size,
-                    "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
+        trainer = run.trainer(cfg, [checkpoint, RunState(run.run_id), *callbacks])
         run.relaunch_here([t.info.run_id for t in teachers])
-        fit_s = fit(trainer, system, dm, resume)
+        fit_s = fit(run, trainer, system, dm, resume)
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
-        metrics |= record_best(run, checkpoint, system, trainer.current_epoch, fit_s, started)
+        metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
     if run.writer:
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
     return metrics
 
 
-def pick_teachers(cfg: DictConfig, client: MlflowClient, experiment_id: str, resume: Resume | None) -> list[MlflowRun]:
+def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, experiment_id: str,
+                  resume: Resume | None) -> list[MlflowRun]:
     """The teacher runs a student learns from: those named, or the newest; a resumed student keeps its own. A
     student without a teacher fails here, before any MLflow run exists."""
-    if not cfg.objective.needs_logits:
+    if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
     ids = ids_of(cfg.teacher.run_id)
@@ -96,9 +95,23 @@ def pick_teachers(cfg: DictConfig, client: MlflowClient, experiment_id: str, res
     return find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
 
 
-def lineage(teachers: list[MlflowRun]) -> dict[str, str]:
-    """A student's tag naming its teacher runs (two or more: an ensemble)."""
-    return {"teacher_run_id": ",".join(t.info.run_id for t in teachers)} if teachers else {}
+def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
+                    cache_dir: Path) -> None:
+    """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache before Lightning
+    starts the other ranks, which find it there); record where they came from and how good the targets are."""
+    logits, cache_tags = ensemble_logits(client, teachers, dm, cache_dir)
+    dm.attach_logits(logits)
+    run.tags(cache_tags)
+    run.params({"data.n_transfer": len(dm.transfer_inputs()), "data.n_duplicates_dropped": dm.n_duplicates_dropped})
+    # the accuracy of the targets themselves: what a perfect mimic would score (Figure 3's x axis)
+    run.metrics({f"teacher/{split}_acc": (logits[split].argmax(1) == dm.splits[split]["y"]).float().mean().item()
+                 for split in ("val", "test")})
+
+
+def lineage(cfg: DictConfig, teachers: list[MlflowRun]) -> dict[str, str]:
+    """Where a run comes from: a student's teacher runs (two or more: an ensemble), a study's stage."""
+    tags = {"teacher_run_id": ",".join(t.info.run_id for t in teachers)} if teachers else {}
+    return tags | ({"study.stage": cfg.study.stage} if cfg.study.stage else {})
 
 
 def build_objective(node: DictConfig) -> Objective:
@@ -110,21 +123,47 @@ def build_objective(node: DictConfig) -> Objective:
         raise err.under("objective") from None
 
 
-def fit(trainer: L.Trainer, system: System, dm: L.LightningDataModule, resume: Resume | None) -> float:
-    """Fit (from the interrupted run's last checkpoint on resume=); return the seconds it took."""
+def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule, resume: Resume | None) -> float:
+    """Fit (from the interrupted run's last checkpoint on resume=), tag why it stopped; return the seconds it took.
+
+    Why: early stopping (validation flat) or the last epoch (a schedule, if any, completed). Asked now: testing the
+    best checkpoint loads the callbacks' state of its epoch."""
     started = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=resume.checkpoint if resume else None)
+    early = trainer.early_stopping_callback
+    run.tags({"stop_reason": "early_stopping" if early is not None and early.stopped_epoch > 0 else "max_epochs"})
     return time.perf_counter() - started
 
 
-def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, epochs: int, fit_s: float,
+def build_callback(name: str, node: DictConfig) -> L.Callback:
+    """One callback of conf/callbacks/; keys set for a callback the chosen option does not have are refused."""
+    if "_target_" not in node:
+        raise UserError(f"callbacks.{name}.{next(iter(node), '')}: the chosen callbacks= option has no {name}; "
+                        "choose one that has (e.g. callbacks=early_stopping)")
+    return build("callbacks", node)
+
+
+def build_schedule(node: DictConfig | None) -> Callable[..., dict] | None:
+    """The learning-rate schedule of conf/scheduler/ (None: constant), tried once on a throwaway optimizer so that
+    a bad key fails now, before any run exists."""
+    if node is None:
+        return None
+    schedule = build("scheduler", node)
+    try:
+        schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), total_steps=100)
+    except BadValue as err:
+        raise err.under("scheduler") from None
+    return schedule
+
+
+def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: L.Trainer, fit_s: float,
                 started: float) -> dict[str, float]:
     """Log the checkpoint chosen on validation, its epoch and accuracy, and the times; return its accuracy."""
     run.artifact(checkpoint.best_model_path, "checkpoints")
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     # validation accuracy of the chosen checkpoint: what sweepers may optimise (never the test split)
     best_acc = system.val_acc_by_epoch[best["epoch"]]
-    run.metrics({"val/best_acc": best_acc, "val/best_epoch": best["epoch"], "train/epochs": epochs,
+    run.metrics({"val/best_acc": best_acc, "val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
                  "time/fit_s": fit_s, "time/total_s": time.perf_counter() - started})
     return {"val/best_acc": best_acc}
 

@@ -149,6 +149,11 @@ class ArrayDataModule(L.LightningDataModule):
         self.splits["mimic"] = {"x": torch.cat([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
                                 "z": torch.cat([logits["train"], logits["transfer"]])}
 
+    @property
+    def n_train_rows(self) -> int:
+        """Rows in one training epoch: the training split, plus the transfer set once logits are attached."""
+        return len(self.splits.get("mimic", self.splits["train"])["x"])
+
     def train_dataloader(self) -> InMemoryLoader:
         """Shuffled batches: labelled train split, or train + transfer with teacher logits once attached."""
         data = self.splits.get("mimic", self.splits["train"])

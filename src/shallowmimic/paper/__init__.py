@@ -1,0 +1,1 @@
+"""The paper study's report (`make paper`): its finished runs read back from MLflow into tables and figures."""

@@ -1,0 +1,280 @@
+"""The study's finished job runs read back from MLflow, and grouped into the rows and points of its report."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+# every stage the driver may run, in the order the report discusses them
+STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
+          "figure3", "controls", "bottleneck")
+# stages a driver may split off one of STAGES: read as part of it (baselines are told apart by their params)
+ALIASES = {"baselines_plain": "baselines", "controls_large": "controls"}
+PLAIN, REGULARISED = "shallow labels (plain)", "shallow labels (regularised)"
+SERIES = ("teacher", "ensemble", PLAIN, REGULARISED, "DeepNet 2 layers", "DeepNet 3 layers", "DeepNet 4 layers",
+          "mimic", "kd")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Values of one metric over seeds, shown as mean ± std (std only from 2 values on)."""
+
+    values: tuple[float, ...]
+    scale: float = 100.0  # accuracies are stored as fractions and shown in %
+    unit: str = "%"
+    digits: int = 1
+
+    @property
+    def mean(self) -> float | None:
+        """The scaled mean; None without values."""
+        return self.scale * statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """The scaled sample standard deviation; None below 2 values."""
+        return self.scale * statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def text(self) -> str:
+        """'92.0 ± 1.4%', '92.0%' from one value, '-' from none."""
+        if self.mean is None:
+            return "-"
+        spread = f" ± {self.std:.{self.digits}f}" if self.std is not None else ""
+        return f"{self.mean:.{self.digits}f}{spread}{self.unit}"
+
+
+@dataclass
+class Study:
+    """The study's parent run and its FINISHED job runs; `by_id` also holds the sweep parents."""
+
+    run: Run
+    jobs: list[Run]
+    by_id: dict[str, Run]
+
+    @property
+    def size(self) -> str:
+        """The study's size tag ('smoke', ...), '' when untagged."""
+        return self.run.data.tags.get("study.size", "")
+
+    def stage(self, name: str) -> list[Run]:
+        """The stage's job runs (and its aliases'), ordered by seed (so 'the first seed' is the first run)."""
+        names = {name} | {alias for alias, stage in ALIASES.items() if stage == name}
+        return sorted((r for r in self.jobs if r.data.tags.get("study.stage") in names), key=seed)
+
+    def present(self) -> list[str]:
+        """The stages with finished runs."""
+        return [s for s in STAGES if self.stage(s)]
+
+    def missing(self) -> list[str]:
+        """The stages without finished runs."""
+        return [s for s in STAGES if not self.stage(s)]
+
+
+def _search(client: MlflowClient, query: str) -> list[Run]:
+    """Every run of every active experiment matching `query`, all pages."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(experiments, query, max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def newest_study(client: MlflowClient) -> Run | None:
+    """The most recently started run tagged role=study, in any experiment."""
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def load_study(client: MlflowClient, study_run_id: str) -> Study:
+    """The study run and every FINISHED job under it (its parent is the study or one of the study's sweeps)."""
+    study = client.get_run(study_run_id)
+    # one query for sweeps and jobs alike (both carry the stage tag), then the parent chain picks this study's
+    tagged = _search(client, "tags.`study.stage` != ''")
+    by_id = {r.info.run_id: r for r in tagged}
+
+    def parent(run: Run | None) -> str | None:
+        """The run's parent run id."""
+        return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+
+    jobs = [r for r in tagged if r.info.status == "FINISHED" and r.data.tags.get("role") != "sweep"
+            and study_run_id in (parent(r), parent(by_id.get(parent(r) or "")))]
+    # a teacher from outside the study (given by run id) still gets a name and a cost row
+    for run_id in sorted({t for r in jobs for t in teacher_ids(r)} - by_id.keys()):
+        try:
+            by_id[run_id] = client.get_run(run_id)
+        except MlflowException:  # deleted since: its students still report its accuracy
+            pass
+    return Study(study, jobs, by_id)
+
+
+def seed(run: Run) -> int:
+    """The run's seed (-1 when it logged none, so such runs sort first)."""
+    value = run.data.params.get("seed", "")
+    return int(value) if value.lstrip("-").isdigit() else -1
+
+
+def metric(run: Run, key: str) -> float | None:
+    """The metric's final value; None when the run did not log it."""
+    return run.data.metrics.get(key)
+
+
+def values(runs: Iterable[Run], key: str) -> tuple[float, ...]:
+    """The metric of every run that logged it."""
+    return tuple(run.data.metrics[key] for run in runs if key in run.data.metrics)
+
+
+def number(run: Run, key: str) -> float:
+    """A numeric param (0 when absent or 'None': an unset regulariser is no regulariser)."""
+    value = run.data.params.get(key, "None")
+    return 0.0 if value in ("None", "null", "") else float(value)
+
+
+def teacher_ids(run: Run) -> list[str]:
+    """The teacher run ids of a student: one, or the members of an ensemble."""
+    return [t for t in run.data.tags.get("teacher_run_id", "").split(",") if t]
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric's history in step order; a step logged twice keeps its last value."""
+    points = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(points.items())
+
+
+SCHEDULES_TO_ZERO = ("warmup_cosine",)  # schedules whose learning rate has run down when the last epoch ends
+
+
+def converged(run: Run) -> bool:
+    """Stopped early, ran a decaying schedule to its end, or its best validation epoch came before its last one
+    (else its numbers are a lower bound)."""
+    best, epochs = metric(run, "val/best_epoch"), metric(run, "train/epochs")
+    return (run.data.tags.get("stop_reason") == "early_stopping"
+            or run.data.params.get("scheduler.name") in SCHEDULES_TO_ZERO
+            or (best is not None and epochs is not None and best < epochs - 1))
+
+
+def is_plain(run: Run) -> bool:
+    """A label-trained net without dropout or weight decay."""
+    return number(run, "model.dropout") == 0 and number(run, "optimizer.weight_decay") == 0
+
+
+def best_by_val(runs: list[Run]) -> Run | None:
+    """The run with the best val/best_acc: selection on validation only, never on test; of equals, the one that
+    started first (the grid's first setting), so the study and its report choose alike."""
+    scored = [r for r in runs if metric(r, "val/best_acc") is not None]
+    return max(scored, key=lambda r: (r.data.metrics["val/best_acc"], -r.info.start_time)) if scored else None
+
+
+def net_label(run: Run) -> str:
+    """The net's shape from its params: 'w=512 k=16 conv=32', 'hidden [58, 58]', 'CNN1D depth=4'."""
+    p = run.data.params
+    name = p.get("model.name", "?")
+    if name == "DeepMLP":
+        return f"hidden {p.get('model.hidden', '?')}"
+    if "model.width" not in p:
+        return f"{name} depth={p['model.depth']}" if "model.depth" in p else name
+    parts = [f"w={p['model.width']}"] + ([f"k={p['model.rank']}"] if p.get("model.rank", "None") != "None" else [])
+    conv = p.get("model.conv_channels", "None")
+    return " ".join(parts + ([f"conv={conv}"] if conv not in ("None", "null") else []))
+
+
+def group_by(runs: Iterable[Run], key: Callable[[Run], Hashable]) -> dict[Hashable, list[Run]]:
+    """Runs grouped by `key`, groups in first-seen order, runs keeping theirs."""
+    groups: dict[Hashable, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[key(run)].append(run)
+    return dict(groups)
+
+
+@dataclass
+class Group:
+    """One row of the main table: a series at one size, over seeds (or the ensemble line, from its students)."""
+
+    series: str
+    params: int
+    net: str
+    run_ids: list[str]
+    metrics: dict[str, tuple[float, ...]]
+    converged: list[bool]
+    detail: str = ""  # what the series was chosen with: 'dropout=0.5 wd=0.0001', 'T=4.0'
+    runs: list[Run] = field(default_factory=list)  # the job runs (none for the ensemble line)
+
+    @classmethod
+    def of(cls, series: str, runs: list[Run], detail: str = "") -> Group:
+        """The group of one configuration's runs (they share n_params and the net)."""
+        keys = ("test/acc", "val/best_acc", "test/agreement")
+        return cls(series, int(runs[0].data.params.get("n_params", 0)), net_label(runs[0]),
+                   [r.info.run_id for r in runs], {k: values(runs, k) for k in keys},
+                   [converged(r) for r in runs], detail, runs)
+
+    def stat(self, key: str) -> Stat:
+        """A metric over the group's seeds."""
+        return Stat(self.metrics.get(key, ()))
+
+
+def regularisation(run: Run) -> str:
+    """'dropout=0.5 wd=0.0001': how the search and the regularised baselines name a setting."""
+    return f"dropout={run.data.params.get('model.dropout')} wd={run.data.params.get('optimizer.weight_decay')}"
+
+
+def temperature(run: Run) -> str:
+    """'T=4.0': how the KD search and the kd stage name a temperature."""
+    return f"T={run.data.params.get('objective.temperature')}"
+
+
+def _series(stage: str, run: Run) -> tuple[str, str]:
+    """(series, detail) of a run of a main-table stage."""
+    if stage == "baselines":
+        return (PLAIN, "") if is_plain(run) else (REGULARISED, regularisation(run))
+    if stage == "deep":
+        return f"DeepNet {len(run.data.params.get('model.hidden', '[]').strip('[]').split(','))} layers", ""
+    if stage == "kd":
+        return "kd", temperature(run)
+    return {"teachers": "teacher", "mimic": "mimic"}[stage], ""
+
+
+def ensembles(study: Study) -> list[Group]:
+    """One line per teacher ensemble that figure3's students learned from: its accuracy as they measured it."""
+    students = [r for r in study.stage("figure3") if len(teacher_ids(r)) > 1]
+    groups = []
+    for ids, runs in group_by(students, lambda r: r.data.tags["teacher_run_id"]).items():
+        members = [study.by_id.get(t) for t in str(ids).split(",")]
+        params = sum(int(m.data.params.get("n_params", 0)) for m in members if m is not None)
+        # every student of one ensemble measured the same logits: one value, not one per student
+        metrics = {"test/acc": values(runs[:1], "teacher/test_acc"),
+                   "val/best_acc": values(runs[:1], "teacher/val_acc")}
+        net = f"{len(members)} x {net_label(members[0])}" if members[0] is not None else f"{len(members)} teachers"
+        groups.append(Group("ensemble", params, net, str(ids).split(","), metrics, [], f"of {len(members)} teachers"))
+    return groups
+
+
+def main_groups(study: Study) -> list[Group]:
+    """Figure 1's rows: every (series, size) of the teachers, baselines, deep, mimic and kd stages, plus ensembles."""
+    groups = ensembles(study)
+    for stage in ("teachers", "baselines", "deep", "mimic", "kd"):
+        keyed = group_by(study.stage(stage), lambda r, s=stage: (*_series(s, r), r.data.params.get("n_params")))
+        groups += [Group.of(key[0], runs, key[1]) for key, runs in keyed.items()]
+    order = {s: i for i, s in enumerate(SERIES)}
+    return sorted(groups, key=lambda g: (order.get(g.series, len(SERIES)), g.series, g.params, g.detail))
+
+
+def the_teacher(study: Study) -> Run | None:
+    """The teacher the mimics learned from (the most common single teacher), else the first-seed teacher."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in study.stage("mimic") + study.stage("kd"):
+        if len(teacher_ids(run)) == 1:
+            counts[teacher_ids(run)[0]] += 1
+    for run_id in sorted(counts, key=counts.__getitem__, reverse=True):
+        if run_id in study.by_id:
+            return study.by_id[run_id]
+    return next(iter(study.stage("teachers")), None)
+

@@ -1,0 +1,290 @@
+"""The study's tables, built from its runs: each row says which runs it came from (its run ids, and how many)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import tempfile
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import OmegaConf
+from torch import nn
+
+from shallowmimic.convergence import steps_to_fraction
+from shallowmimic.cost import flops_per_sample, latency_per_sample
+from shallowmimic.paper import read
+from shallowmimic.paper.figures import Curve, Point
+from shallowmimic.paper.read import Group, Stat, Study, converged, group_by, metric, net_label, number, values
+
+Cell = Stat | str | int | float | None
+
+
+@dataclass
+class Table:
+    """A titled table: markdown shows `columns`; the CSV adds the table's name and each row's run ids."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Cell]] = field(default_factory=list)
+    run_ids: list[list[str]] = field(default_factory=list)  # one list per row
+    note: str = ""
+
+    def add(self, row: dict[str, Cell], run_ids: list[str]) -> None:
+        """A row and the runs it came from."""
+        self.rows.append(row)
+        self.run_ids.append(run_ids)
+
+
+def text(cell: Cell) -> str:
+    """A cell as markdown shows it."""
+    if isinstance(cell, Stat):
+        return cell.text()
+    if cell is None:
+        return "-"
+    if isinstance(cell, int):
+        return f"{cell:,}"
+    if isinstance(cell, float):
+        return f"{cell:,.0f}" if abs(cell) >= 1000 else f"{cell:.3g}"
+    return cell
+
+
+def markdown(table: Table) -> str:
+    """The table as a Markdown table, its note below."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(text(row.get(c)) for c in table.columns) + " |" for row in table.rows]
+    return "\n".join(lines + ([f"\n{table.note}"] if table.note else []))
+
+
+def convergence(flags: list[bool]) -> str:
+    """'2/3' of runs converged; '0/3 (lower bound)' when none did: their accuracy could still rise."""
+    if not flags:
+        return "-"
+    done = sum(flags)
+    return f"{done}/{len(flags)}" + (" (lower bound)" if done == 0 else "")
+
+
+def _natural(setting: str) -> tuple[float, ...]:
+    """'dropout=0.5 wd=0.0001' -> (0.5, 0.0001): settings in numeric order (T=10 after T=2)."""
+    return tuple(float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", setting))
+
+
+def search_table(study: Study, stage: str, setting: Callable[[Run], str], title: str) -> tuple[Table, str | None]:
+    """A search stage's grid, by setting, and the setting chosen on validation (best mean val/best_acc)."""
+    table = Table(stage, title, ["setting", "net", "seeds", "val acc", "test acc", "chosen"])
+    grouped = dict(sorted(group_by(study.stage(stage), setting).items(), key=lambda kv: _natural(str(kv[0]))))
+    scores = {key: Stat(values(runs, "val/best_acc")).mean for key, runs in grouped.items()}
+    scored = [k for k, v in scores.items() if v is not None]
+    chosen = max(scored, key=lambda k: scores[k]) if scored else None
+    for key, runs in grouped.items():
+        table.add({"setting": str(key), "net": net_label(runs[0]), "seeds": len(runs),
+                   "val acc": Stat(values(runs, "val/best_acc")), "test acc": Stat(values(runs, "test/acc")),
+                   "chosen": "yes" if key == chosen else ""}, [r.info.run_id for r in runs])
+    best = read.best_by_val(grouped.get(chosen, [])) if chosen is not None else None
+    if best is not None:
+        table.note = (f"Chosen on validation only: {chosen} (val acc {Stat(values([best], 'val/best_acc')).text()}, "
+                      f"run `{best.info.run_id}`).")
+    return table, None if chosen is None else str(chosen)
+
+
+def main_table(groups: list[Group]) -> Table:
+    """Figure 1's numbers: one row per (series, size)."""
+    table = Table("main", "Accuracy by series and size (Figure 1)",
+                  ["series", "net", "params", "seeds", "test acc", "val acc", "agreement", "converged"])
+    for g in groups:
+        table.add({"series": f"{g.series} {g.detail}".strip(), "net": g.net, "params": g.params,
+                   "seeds": len(g.runs) or 1, "test acc": g.stat("test/acc"), "val acc": g.stat("val/best_acc"),
+                   "agreement": g.stat("test/agreement"), "converged": convergence(g.converged)}, g.run_ids)
+    return table
+
+
+def figure2_table(width: int, curves: list[Curve]) -> Table:
+    """Figure 2 in numbers: where each curve ends and how far validation fell from its peak (overfitting)."""
+    table = Table("figure2", f"Learning curves at width {width} (Figure 2, first seed)",
+                  ["series", "final train acc", "peak val acc", "final val acc", "val drop from peak"])
+    for c in curves:
+        peak, final = (max(v for _, v in c.val), c.val[-1][1]) if c.val else (None, None)
+        acc = {"final train acc": c.train[-1][1] if c.train else None, "peak val acc": peak, "final val acc": final,
+               "val drop from peak": None if peak is None or final is None else peak - final}
+        # the curves are in % already: one-value Stats, so that markdown and CSV format them like the other tables
+        table.add({"series": c.series} | {k: Stat((v,) if v is not None else (), 1.0, " pts" if "drop" in k else "%")
+                                          for k, v in acc.items()}, [c.run_id])
+    return table
+
+
+def figure3_table(points: list[Point]) -> Table:
+    """Figure 3 in numbers: each student width against each teacher."""
+    table = Table("figure3", "Student vs teacher accuracy (Figure 3)",
+                  ["student width", "teacher", "teacher test acc", "seeds", "student test acc", "agreement"])
+    for p in points:
+        table.add({"student width": p.width, "teacher": p.teacher, "teacher test acc": Stat((p.teacher_acc,)),
+                   "seeds": len(p.run_ids), "student test acc": p.student, "agreement": p.agreement}, p.run_ids)
+    return table
+
+
+def _to_95(client: MlflowClient, run: Run) -> tuple[int, float, float] | None:
+    """(epochs, seconds) to reach 95% of the run's final val/logit_mse reduction, and its final value."""
+    mse = [v for _, v in read.history(client, run.info.run_id, "val/logit_mse")]
+    i = steps_to_fraction(mse, 0.95)
+    fit_s, epochs = metric(run, "time/fit_s"), metric(run, "train/epochs")
+    if i is None or not fit_s or not epochs:
+        return None
+    return i + 1, fit_s * (i + 1) / epochs, mse[-1]  # history index i: reached after i + 1 epochs
+
+
+def bottleneck_table(client: MlflowClient, study: Study) -> Table:
+    """Per (optimizer, rank): epochs and wall time to 95% of the final logit-MSE reduction, over seeds."""
+    table = Table("bottleneck", "The bottleneck: convergence speed at equal nonlinear width",
+                  ["optimizer", "rank", "net", "params", "seeds", "epochs to 95%", "time to 95%", "final val mse",
+                   "reached"])
+    grouped = group_by(study.stage("bottleneck"),
+                       lambda r: (r.data.params.get("optimizer.name", "?"), r.data.params.get("model.rank", "None")))
+    for (optimizer, rank), runs in sorted(grouped.items(), key=lambda kv: str(kv[0])):
+        measured = [m for m in (_to_95(client, r) for r in runs) if m is not None]
+        table.add({"optimizer": optimizer, "rank": "none" if rank in ("None", "null") else rank,
+                   "net": net_label(runs[0]), "params": int(number(runs[0], "n_params")), "seeds": len(runs),
+                   "epochs to 95%": Stat(tuple(m[0] for m in measured), 1.0, "", 1),
+                   "time to 95%": Stat(tuple(m[1] for m in measured), 1.0, " s", 2),
+                   "final val mse": Stat(tuple(m[2] for m in measured), 1.0, "", 4),
+                   "reached": f"{len(measured)}/{len(runs)}"}, [r.info.run_id for r in runs])
+    table.note = " ".join(bottleneck_verdicts(table))
+    return table
+
+
+def _compare(ours: float | None, theirs: float | None, words: tuple[str, str, str], what: str, unit: str = "") -> str:
+    """'fewer epochs (4 vs 6)': `words` say less, more and equal."""
+    if ours is None or theirs is None:
+        return f"(unmeasured) {what}"
+    word = words[0] if ours < theirs else words[1] if ours > theirs else words[2]
+    return f"{word} {what} ({ours:.3g}{unit} vs {theirs:.3g}{unit})"
+
+
+def bottleneck_verdicts(table: Table) -> list[str]:
+    """One sentence per optimizer and rank (did the factorised net get there sooner than the unfactorised one?),
+    then whether the paper's claim holds: the bottleneck speeds up SGD."""
+    rows = {(r["optimizer"], r["rank"]): r for r in table.rows}
+    sentences, sgd = [], []
+    for (optimizer, rank), row in rows.items():
+        plain = rows.get((optimizer, "none"))
+        if rank == "none" or plain is None:
+            continue
+        # (factorised, unfactorised) means of each measure
+        in_epochs, in_time = [(row[k].mean, plain[k].mean) for k in ("epochs to 95%", "time to 95%")]
+        epochs = _compare(*in_epochs, ("fewer", "more", "as many"), "epochs")
+        seconds = _compare(*in_time, ("less", "more", "as much"), "wall time", " s")
+        sentences.append(f"With {optimizer}, the factorised net (k={rank}) reached 95% of its logit-MSE reduction "
+                         f"in {epochs} and {seconds} than the unfactorised one.")
+        if str(optimizer).lower() == "sgd":
+            sgd += [None not in pair and pair[0] < pair[1] for pair in (in_epochs, in_time)]
+    if sgd:
+        verdict = "reproduced" if all(sgd) else "partly" if any(sgd) else "not reproduced"
+        sentences.append(f"The paper's claim that the bottleneck speeds up SGD: {verdict}.")
+    return sentences
+
+
+def _rows(table: Table, grouped: dict[Hashable, list[Run]], label: Callable[[Run], str], title: str) -> None:
+    """One row of accuracy and agreement over seeds per group, labelled by `label` of its first run."""
+    for members in grouped.values():
+        table.add({title: label(members[0]), "net": net_label(members[0]),
+                   "params": int(number(members[0], "n_params")),
+                   "rows per epoch": int(number(members[0], "data.n_train_rows")), "seeds": len(members),
+                   "test acc": Stat(values(members, "test/acc")), "agreement": Stat(values(members, "test/agreement")),
+                   "converged": convergence([converged(r) for r in members])}, [r.info.run_id for r in members])
+
+
+def transfer_set(run: Run) -> str:
+    """'training inputs only', or the transfer set's kind and size: 'generated 200,000', 'augment 100,000'."""
+    if run.data.params.get("data.transfer") == "train":
+        return "training inputs only"
+    return f"{run.data.params.get('data.transfer')} {int(number(run, 'data.transfer_size')):,}"
+
+
+def controls_table(study: Study) -> Table:
+    """The mimic on its training inputs alone vs on generated sets: how much of the gain is the extra data."""
+    table = Table("controls", "Controls: the transfer set", ["transfer set", "net", "rows per epoch", "seeds",
+                                                             "test acc", "agreement", "converged"])
+    widths = {number(r, "model.width") for r in study.stage("controls")}
+    reference = [r for r in study.stage("mimic") if number(r, "model.width") in widths]  # the default transfer set
+    runs = sorted(study.stage("controls") + reference, key=lambda r: (r.data.params.get("data.transfer") != "train",
+                                                                      number(r, "data.transfer_size")))
+    _rows(table, group_by(runs, transfer_set), transfer_set, "transfer set")
+    return table
+
+
+def objective(run: Run) -> str:
+    """'L2 on logits' for a mimic, 'KD T=4.0' for kd."""
+    role = run.data.tags.get("role")
+    return f"KD T={run.data.params.get('objective.temperature')}" if role == "kd" else "L2 on logits"
+
+
+def l2_vs_kd_table(study: Study) -> Table:
+    """The mimic stage's L2 students against the kd stage's at every width both have."""
+    table = Table("l2_vs_kd", "Controls: L2 on logits vs KD at equal width",
+                  ["objective", "net", "params", "seeds", "test acc", "agreement", "converged"])
+    widths = {number(r, "model.width") for r in study.stage("mimic")} & {number(r, "model.width")
+                                                                        for r in study.stage("kd")}
+    runs = [r for r in study.stage("mimic") + study.stage("kd") if number(r, "model.width") in widths]
+    runs.sort(key=lambda r: (number(r, "model.width"), r.data.tags.get("role", "")))
+    _rows(table, group_by(runs, lambda r: (objective(r), net_label(r))), objective, "objective")
+    return table
+
+
+def build_net(client: MlflowClient, run: Run) -> tuple[nn.Module, tuple[int, ...]]:
+    """The run's net, built from its logged config.yaml (untrained: cost does not depend on the weights)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+    in_shape = tuple(int(d) for d in run.data.params["data.in_shape"].split("x"))
+    return instantiate(cfg.model, in_shape=in_shape, num_classes=int(run.data.params["data.num_classes"])), in_shape
+
+
+def cost_table(client: MlflowClient, study: Study, groups: list[Group], min_seconds: float) -> Table:
+    """Parameters, FLOPs and CPU latency per sample of the teacher and one run of each series and size."""
+    table = Table("cost", "Inference cost per sample (CPU)", ["series", "net", "params", "FLOPs",
+                                                              "latency b=1 (us)", "latency b=1024 (us)"])
+    picks: list[tuple[str, Run]] = []
+    teacher = read.the_teacher(study)
+    picks += [("teacher", teacher)] if teacher is not None else []
+    picks += [(f"{g.series} {g.detail}".strip(), g.runs[0]) for g in groups if g.runs and g.series != "teacher"]
+    for rank, runs in group_by(study.stage("bottleneck"), lambda r: r.data.params.get("model.rank")).items():
+        picks.append((f"bottleneck rank={rank}", runs[0]))
+    failed = []
+    for series, run in picks:
+        try:
+            net, shape = build_net(client, run)
+        except Exception as error:  # an old run without config.yaml loses its row, not the whole report
+            failed.append(f"`{run.info.run_id}` ({type(error).__name__})")
+            continue
+        latency = {f"latency b={b} (us)": 1e6 * latency_per_sample(net, shape, b, min_seconds, repeats=3)[0]
+                   for b in (1, 1024)}  # the median of 3 timings: robust to a busy machine
+        table.add({"series": series, "net": net_label(run), "params": int(number(run, "n_params")),
+                   "FLOPs": flops_per_sample(net, shape), **latency}, [run.info.run_id])
+    table.note = f"Latency: median of 3 timings, eval mode, {torch.get_num_threads()} CPU threads." + (
+        f" No config.yaml to build: {', '.join(failed)}." if failed else "")
+    return table
+
+
+def write_csv(tables: list[Table], path: Path) -> None:
+    """Every table in one CSV: a `table` column, a mean and a std column per statistic, and the rows' run ids."""
+    rows: list[dict[str, object]] = []
+    for table in tables:
+        for row, run_ids in zip(table.rows, table.run_ids, strict=True):
+            flat: dict[str, object] = {"table": table.name}
+            for column in table.columns:
+                cell = row.get(column)
+                if isinstance(cell, Stat):
+                    flat[column] = "" if cell.mean is None else round(cell.mean, 4)
+                    flat[f"{column} std"] = "" if cell.std is None else round(cell.std, 4)
+                else:
+                    flat[column] = "" if cell is None else cell
+            rows.append(flat | {"run_ids": " ".join(run_ids)})
+    fields = list(dict.fromkeys(key for row in rows for key in row if key != "run_ids")) + ["run_ids"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)

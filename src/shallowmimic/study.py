@@ -1,0 +1,170 @@
+"""`make paper`: the paper's study on one data set, as Hydra multiruns of shallowmimic.train (conf/study/), one stage
+after another under one MLflow parent run, then its report (shallowmimic.paper.report).
+
+    python -m shallowmimic.study                                  # conf/study/full.yaml on MNIST-1D
+    python -m shallowmimic.study --size smoke --data digits --jobs 2
+    python -m shallowmimic.study --size smoke paths.outputs=/tmp/study   # overrides for every job
+
+Stages fill `{name}` fields of later ones with what they chose, on validation only: the best teacher, the best
+regularisation of the baseline, the best KD temperature (see conf/study/full.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from mlflow.entities import Run as MlflowRun
+from omegaconf import DictConfig, OmegaConf
+
+from shallowmimic import project_root
+from shallowmimic.errors import UserError
+from shallowmimic.paper.read import best_by_val
+from shallowmimic.run import Run
+from shallowmimic.tracking import git_commit, open_store, start_run
+
+STUDIES = project_root() / "conf" / "study"
+
+
+def load_study(size: str) -> DictConfig:
+    """conf/study/full.yaml, with the values of conf/study/<size>.yaml over it."""
+    if not (STUDIES / f"{size}.yaml").is_file():
+        sizes = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
+        raise UserError(f"SIZE={size}: no conf/study/{size}.yaml; one of {sizes}")
+    full = OmegaConf.load(STUDIES / "full.yaml")
+    return full if size == "full" else OmegaConf.merge(full, OmegaConf.load(STUDIES / f"{size}.yaml"))
+
+
+def stage_runs(client: MlflowClient, experiment_id: str, study_id: str, stage: str) -> list[MlflowRun]:
+    """The FINISHED runs of one stage of this study."""
+    sweeps = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{study_id}' and "
+                                f"tags.`study.stage` = '{stage}'")
+    parents = {s.info.run_id for s in sweeps}
+    runs = client.search_runs([experiment_id], f"tags.`study.stage` = '{stage}' and attributes.status = 'FINISHED' "
+                              "and tags.role != 'sweep'", max_results=5000)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+
+
+def best(runs: list[MlflowRun]) -> MlflowRun:
+    """The run with the best validation accuracy (of its chosen checkpoint), as the report chooses it: selection
+    never sees the test split."""
+    chosen = best_by_val(runs)
+    if chosen is None:
+        raise UserError("a stage the study selects from finished no run; see its jobs' logs under outputs/multiruns/")
+    return chosen
+
+
+def matched_hidden(n_params: int, depth: int, in_dim: int, classes: int) -> int:
+    """The width h of `depth` hidden layers whose MLP has the parameter count closest to `n_params`."""
+    size = lambda h: (in_dim + 1) * h + (depth - 1) * (h + 1) * h + (h + 1) * classes  # noqa: E731
+    return min(range(1, 100_000), key=lambda h: abs(size(h) - n_params))
+
+
+def after_teachers(runs: list[MlflowRun], study: DictConfig) -> dict[str, str]:
+    """The best teacher, the ensemble of all, and deep MLPs of 2 and 4 layers as large as the shallow widths."""
+    teacher = best(runs)
+    in_dim = math.prod(int(d) for d in teacher.data.params["data.in_shape"].split("x"))  # '1x8x8' -> 64
+    classes = int(teacher.data.params["data.num_classes"])
+    shallow = [(in_dim + 1) * w + (w + 1) * classes for w in map(int, str(study.widths).split(","))]
+    deep = {f"deep{d}": ",".join("[" + ",".join([str(matched_hidden(p, d, in_dim, classes))] * d) + "]"
+                                  for p in shallow) for d in (2, 4)}
+    ensemble = "[" + ",".join(quoted(r) for r in sorted(runs, key=lambda r: r.info.run_id)) + "]"
+    return {"teacher": quoted(teacher), "ensemble": ensemble} | deep
+
+
+def quoted(run: MlflowRun) -> str:
+    """A run id as a Hydra override value: quoted, as an id of digits alone would be read as a number."""
+    return f"'{run.info.run_id}'"
+
+
+SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict[str, str]]] = {
+    "teachers": after_teachers,
+    "baseline_search": lambda runs, _: {"reg": "model.dropout={} optimizer.weight_decay={}".format(
+        best(runs).data.params["model.dropout"], best(runs).data.params["optimizer.weight_decay"])},
+    "kd_search": lambda runs, _: {"T": best(runs).data.params["objective.temperature"]},
+    "teacher_quality": lambda runs, _: {"quality": ",".join(sorted(quoted(r) for r in runs))},
+}
+
+
+def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
+    """The stage's overrides with `{name}` fields filled (one field may hold several overrides)."""
+    if "quality" in values and "teacher" in values:
+        values = values | {"teachers_fig3": ",".join([values["quality"], values["teacher"], values["ensemble"]])}
+    out = []
+    for override in overrides:
+        missing = set(re.findall(r"{(\w+)}", override)) - set(values)
+        if missing:
+            raise UserError(f"conf/study: `{override}` needs {', '.join(sorted(missing))}, which no earlier stage "
+                            "chose")
+        out += override.format(**values).split(" ")
+    return out
+
+
+def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str) -> None:
+    """One stage: a Hydra multirun of the training entry point, its jobs tagged with the stage and nested under the
+    study; JOBS > 1 runs them in parallel with the cores shared out."""
+    cmd = [sys.executable, "-m", "shallowmimic.train", "-m", *overrides, f"data={args.data}",
+           f"study.run_id={study_id}", f"study.stage={stage}", *args.overrides]
+    if args.jobs > 1:
+        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={args.threads}"]
+    print(f"== study stage {stage}: {' '.join(cmd[3:])}", flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError(f"study stage {stage} failed; its jobs' logs are under outputs/multiruns/")
+
+
+def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient, experiment_id: str,
+              study_id: str) -> None:
+    """Every stage in order, each filled with what the stages before it chose."""
+    values: dict[str, str] = {}
+    for stage, overrides in study.stages.items():
+        extra = list(study.extra.get(stage, []))
+        launch(stage, fill([*study.common, *overrides, *extra, *study.shrink], values), args, study_id)
+        if stage in SELECT:
+            values |= SELECT[stage](stage_runs(client, experiment_id, study_id, stage), study)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m shallowmimic.study", description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="full", help="conf/study/<size>.yaml over full.yaml: full or smoke")
+    p.add_argument("--data", default="mnist1d", help="the data config (conf/data/) the whole study runs on")
+    p.add_argument("--jobs", type=int, default=1, help="jobs of a stage run in parallel")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every job (e.g. paths.outputs=...)")
+    args = p.parse_args(argv)
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs)  # parallel jobs share the cores out
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study and write its report; a user's mistake is one line and exit status 2."""
+    from shallowmimic.paper.report import write_report  # matplotlib: only once the study is done
+
+    args = parse_args(argv)
+    try:
+        study = load_study(args.size)
+        with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
+        client, experiment_id = open_store(cfg.logger)
+        tags = {"role": "study", "study.size": args.size, "git_commit": git_commit()}
+        study_id = start_run(client, experiment_id, f"study size={args.size} data={args.data}", tags,
+                             {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
+        with Run(client, study_id, Path(cfg.paths.outputs), resumed=False).closing():
+            run_study(args, study, client, experiment_id, study_id)
+            files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper")
+        print("wrote " + ", ".join(str(f) for f in files))
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""`make paper SIZE=smoke`: the whole study end to end on a sliver of MNIST-1D, and the choices it makes."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from shallowmimic.errors import UserError
+from shallowmimic.paper.read import best_by_val
+from shallowmimic.study import fill, main, matched_hidden, stage_runs
+
+
+def test_deep_nets_are_sized_to_match_the_shallow_ones() -> None:
+    shallow = (40 + 1) * 2048 + (2048 + 1) * 10  # ShallowNet w=2048 on MNIST-1D: 104,458 parameters
+    for depth in (2, 4):
+        h = matched_hidden(shallow, depth, 40, 10)
+        deep = (40 + 1) * h + (depth - 1) * (h + 1) * h + (h + 1) * 10
+        assert abs(deep - shallow) / shallow < 0.01
+
+
+def test_a_stage_cannot_use_what_no_earlier_stage_chose() -> None:
+    assert fill(["a=1", "{reg}"], {"reg": "model.dropout=0.5 optimizer.weight_decay=0.0"}) == [
+        "a=1", "model.dropout=0.5", "optimizer.weight_decay=0.0"]
+    with pytest.raises(UserError, match=r"^conf/study: `teacher.run_id={teacher}` needs teacher, which no earlier"):
+        fill(["teacher.run_id={teacher}"], {})
+
+
+def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store_uri: str, client: MlflowClient,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    assert main(["--size", "smoke", f"paths.outputs={outputs}"]) == 0
+    report = outputs / "reports" / "paper"
+    for name in ("report.md", "results.csv", "figure1.png", "figure2.png", "figure3.png"):
+        assert (report / name).stat().st_size > 0, name
+    (study,) = client.search_runs([client.get_experiment_by_name("mnist1d").experiment_id], "tags.role = 'study'")
+    assert study.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(study.info.run_id, "report")} >= {"report/report.md"}
+    runs = {stage: stage_runs(client, study.info.experiment_id, study.info.run_id, stage)
+            for stage in ("teachers", "mimic", "kd_search", "kd", "baselines", "deep", "figure3")}
+    assert all(runs.values()), [stage for stage, found in runs.items() if not found]
+
+    # the students learn from the teacher chosen on validation, kd at the temperature chosen on validation
+    teacher = best_by_val(runs["teachers"]).info.run_id
+    assert {r.data.tags["teacher_run_id"] for r in runs["mimic"] + runs["kd"]} == {teacher}
+    chosen_t = best_by_val(runs["kd_search"]).data.params["objective.temperature"]
+    assert {r.data.params["objective.temperature"] for r in runs["kd"]} == {chosen_t}
+    # Figure 3: every teacher of both teacher stages, and their ensemble
+    n_teachers = {len(r.data.tags["teacher_run_id"].split(",")) for r in runs["figure3"]}
+    assert n_teachers == {1, len(runs["teachers"])}
+    # DeepNets as large as the shallow nets of the same stage
+    shallow = sorted({int(r.data.params["n_params"]) for r in runs["baselines"]})
+    for run in runs["deep"]:
+        assert min(abs(int(run.data.params["n_params"]) - p) / p for p in shallow) < 0.1
+    assert "## What reproduces" in (report / "report.md").read_text()
