@@ -297,8 +297,9 @@ def test_figures_controls_cost(report: tuple) -> None:
     assert float(f2["shallow labels (plain)"]["val drop from peak"]) == pytest.approx(4.0)
     assert f2["mimic"]["run_ids"] == ids["mimic32"][0]
     controls = rows(files[1], "controls")
+    # the mimic stage's runs at the controls' width join them: they are the default transfer set
     assert [(r["transfer set"], float(r["test acc"])) for r in controls] == [
-        ("training inputs only", 70.0), ("generated 200", 80.0), ("generated 400", 84.0)]
+        ("training inputs only", 70.0), ("generated 200", 80.0), ("generated 400", pytest.approx(85.3333))]
     assert {r["objective"] for r in rows(files[1], "l2_vs_kd")} == {"L2 on logits", "KD T=2.0"}
     cost = {r["series"]: r for r in rows(files[1], "cost")}
     assert int(cost["teacher"]["FLOPs"]) == flops_per_sample(CNN1D(40, 10, channels=4, depth=2), (40,))
@@ -318,7 +319,7 @@ def test_what_reproduces(report: tuple) -> None:
     assert "Mimics do not overfit (Figure 2): the mimic's validation accuracy ends 0.0 points below its peak, the " \
            "plain baseline's 4.0: reproduced." in closing
     assert "at w=8 student accuracy rises with teacher accuracy" in closing and ": reproduced." in closing
-    assert "(+14.0 points from the extra data)" in closing
+    assert "(+15.3 points from the extra data)" in closing
 
 
 def test_smaller_study_newest_by_default(report: tuple, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def best(runs: list[MlflowRun]) -> MlflowRun:
     never sees the test split."""
     chosen = best_by_val(runs)
     if chosen is None:
-        raise UserError("a stage the study selects from finished no run; see its jobs' logs under outputs/multiruns/")
+        raise UserError("a stage the study selects from finished no run; see its jobs' logs under outputs/studies/")
     return chosen
 
 
@@ -111,13 +111,16 @@ def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
 def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str) -> None:
     """One stage: a Hydra multirun of the training entry point, its jobs tagged with the stage and nested under the
     study; JOBS > 1 runs them in parallel with the cores shared out."""
+    # job dirs numbered, not named by their overrides: a stage's overrides outgrow a file name's 255 characters
+    where = f"studies/{study_id}/{stage}"
     cmd = [sys.executable, "-m", "shallowmimic.train", "-m", *overrides, f"data={args.data}",
-           f"study.run_id={study_id}", f"study.stage={stage}", *args.overrides]
+           f"study.run_id={study_id}", f"study.stage={stage}", *args.overrides,
+           f"hydra.sweep.dir=${{paths.outputs}}/{where}", "hydra.sweep.subdir=${hydra.job.num}"]
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={args.threads}"]
     print(f"== study stage {stage}: {' '.join(cmd[3:])}", flush=True)
     if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"study stage {stage} failed; its jobs' logs are under outputs/multiruns/")
+        raise UserError(f"study stage {stage} failed; its jobs' logs are under outputs/{where}/")
 
 
 def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient, experiment_id: str,
