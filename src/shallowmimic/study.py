@@ -128,8 +128,8 @@ def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient,
     """Every stage in order, each filled with what the stages before it chose."""
     values: dict[str, str] = {}
     for stage, overrides in study.stages.items():
-        extra = list(study.extra.get(stage, []))
-        launch(stage, fill([*study.common, *overrides, *extra, *study.shrink], values), args, study_id)
+        extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
+        launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id)
         if stage in SELECT:
             values |= SELECT[stage](stage_runs(client, experiment_id, study_id, stage), study)
 
