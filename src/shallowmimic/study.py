@@ -125,13 +125,34 @@ def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id:
 
 def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient, experiment_id: str,
               study_id: str) -> None:
-    """Every stage in order, each filled with what the stages before it chose."""
+    """Every stage in order, each filled with what the stages before it chose; a continued study (--study) skips
+    the stages it finished."""
     values: dict[str, str] = {}
     for stage, overrides in study.stages.items():
         extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
-        launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id)
+        if not (args.study and finished(client, experiment_id, study_id, stage)):
+            launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id)
         if stage in SELECT:
             values |= SELECT[stage](stage_runs(client, experiment_id, study_id, stage), study)
+
+
+def finished(client: MlflowClient, experiment_id: str, study_id: str, stage: str) -> bool:
+    """Whether the study has a FINISHED sweep of this stage."""
+    return bool(client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{study_id}' and "
+                                   f"tags.`study.stage` = '{stage}' and attributes.status = 'FINISHED'"))
+
+
+def begin(args: argparse.Namespace, client: MlflowClient, experiment_id: str) -> str:
+    """The study's MLflow parent run: a new one, or the unfinished one named by --study, reopened."""
+    if args.study:
+        run = client.get_run(args.study)
+        if run.data.tags.get("role") != "study" or run.info.status == "FINISHED":
+            raise UserError(f"--study {args.study}: not an unfinished study run")
+        client.update_run(args.study, status="RUNNING")
+        return args.study
+    tags = {"role": "study", "study.size": args.size, "git_commit": git_commit()}
+    return start_run(client, experiment_id, f"study size={args.size} data={args.data}", tags,
+                     {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -140,6 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="full", help="conf/study/<size>.yaml over full.yaml: full or smoke")
     p.add_argument("--data", default="mnist1d", help="the data config (conf/data/) the whole study runs on")
     p.add_argument("--jobs", type=int, default=1, help="jobs of a stage run in parallel")
+    p.add_argument("--study", help="continue this unfinished study run: its finished stages are not run again")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every job (e.g. paths.outputs=...)")
     args = p.parse_args(argv)
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)  # parallel jobs share the cores out
@@ -156,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
         client, experiment_id = open_store(cfg.logger)
-        tags = {"role": "study", "study.size": args.size, "git_commit": git_commit()}
-        study_id = start_run(client, experiment_id, f"study size={args.size} data={args.data}", tags,
-                             {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
+        study_id = begin(args, client, experiment_id)
         with Run(client, study_id, Path(cfg.paths.outputs), resumed=False).closing():
             run_study(args, study, client, experiment_id, study_id)
             files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
@@ -103,7 +104,9 @@ class MNIST1DDataModule(ArrayDataModule):
         n_chunks = -(-self.transfer_size // size)
         seeds = [int(spec_key({"transfer_seed": self.transfer_seed, "chunk": i})[:8], 16) for i in range(n_chunks)]
         missing = [s for s in seeds if not self._cache_path(size, s).exists()]
-        if len(missing) > 1:
+        # not from a launcher's worker process (Hydra's joblib): its children cannot be spawned there, and the
+        # other jobs have the other cores
+        if len(missing) > 1 and multiprocessing.parent_process() is None:
             log.info("generating %d MNIST-1D transfer inputs in %d chunks", len(missing) * size, len(missing))
             workers = min(os.cpu_count() or 1, len(missing))
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
