@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
           "figure3", "controls", "bottleneck")
 # stages a driver may split off one of STAGES: read as part of it (baselines are told apart by their params)
-ALIASES = {"baselines_plain": "baselines", "controls_large": "controls"}
+ALIASES = {"baselines_plain": "baselines", "controls_large": "controls", "bottleneck_sgd": "bottleneck"}
 PLAIN, REGULARISED = "shallow labels (plain)", "shallow labels (regularised)"
 SERIES = ("teacher", "ensemble", PLAIN, REGULARISED, "DeepNet 2 layers", "DeepNet 3 layers", "DeepNet 4 layers",
           "mimic", "kd")
