@@ -108,9 +108,9 @@ def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str) -> None:
+def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str) -> bool:
     """One stage: a Hydra multirun of the training entry point, its jobs tagged with the stage and nested under the
-    study; JOBS > 1 runs them in parallel with the cores shared out."""
+    study; JOBS > 1 runs them in parallel with the cores shared out. Returns whether every job finished."""
     # job dirs numbered, not named by their overrides: a stage's overrides outgrow a file name's 255 characters
     where = f"studies/{study_id}/{stage}"
     cmd = [sys.executable, "-m", "shallowmimic.train", "-m", *overrides, f"data={args.data}",
@@ -119,8 +119,10 @@ def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id:
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={args.threads}"]
     print(f"== study stage {stage}: {' '.join(cmd[3:])}", flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"study stage {stage} failed; its jobs' logs are under outputs/{where}/")
+    if subprocess.run(cmd).returncode == 0:
+        return True
+    print(f"study stage {stage}: a job failed; its logs are under outputs/{where}/", file=sys.stderr)
+    return False
 
 
 def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient, experiment_id: str,
@@ -128,12 +130,18 @@ def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient,
     """Every stage in order, each filled with what the stages before it chose; a continued study (--study) skips
     the stages it finished."""
     values: dict[str, str] = {}
+    failed: list[str] = []
     for stage, overrides in study.stages.items():
         extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
         if not (args.study and finished(client, experiment_id, study_id, stage)):
-            launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id)
+            if not launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id):
+                failed.append(stage)  # the report uses the jobs that finished and counts them per row
+        if not stage_runs(client, experiment_id, study_id, stage):
+            raise UserError(f"study stage {stage}: no job finished; see outputs/studies/{study_id}/{stage}/")
         if stage in SELECT:
             values |= SELECT[stage](stage_runs(client, experiment_id, study_id, stage), study)
+    if failed:  # tagged on the study: its report stands on fewer seeds there
+        client.set_tag(study_id, "study.failed_stages", ",".join(failed))
 
 
 def finished(client: MlflowClient, experiment_id: str, study_id: str, stage: str) -> bool:
