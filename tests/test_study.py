@@ -35,7 +35,7 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     (study,) = client.search_runs([client.get_experiment_by_name("mnist1d").experiment_id], "tags.role = 'study'")
     assert study.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(study.info.run_id, "report")} >= {"report/report.md"}
-    runs = {stage: stage_runs(client, study.info.experiment_id, study.info.run_id, stage)
+    runs = {stage: stage_runs(client, study.info.run_id, stage)
             for stage in ("teachers", "mimic", "kd_search", "kd", "baselines", "deep", "figure3")}
     assert all(runs.values()), [stage for stage, found in runs.items() if not found]
 

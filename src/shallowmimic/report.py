@@ -25,8 +25,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from shallowmimic import project_root
+from shallowmimic.settings import ROLES
 
-ROLE_ORDER = {"teacher": 0, "baseline": 1, "mimic": 2, "kd": 3}
+ROLE_ORDER = {role: i for i, role in enumerate(ROLES)}  # the paper's order: teacher, baseline, mimic, kd
 STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
 COLUMNS = ["role", "variant", "params", "seeds", "test acc", "agreement", "epochs"]  # variant names the model
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import project_root
 from shallowmimic.errors import UserError
-from shallowmimic.paper.read import best_by_val
+from shallowmimic.paper import read
 from shallowmimic.run import Run
 from shallowmimic.tracking import git_commit, open_store, start_run
 
@@ -43,20 +43,15 @@ def load_study(size: str) -> DictConfig:
     return full if size == "full" else OmegaConf.merge(full, OmegaConf.load(STUDIES / f"{size}.yaml"))
 
 
-def stage_runs(client: MlflowClient, experiment_id: str, study_id: str, stage: str) -> list[MlflowRun]:
-    """The FINISHED runs of one stage of this study."""
-    sweeps = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{study_id}' and "
-                                f"tags.`study.stage` = '{stage}'")
-    parents = {s.info.run_id for s in sweeps}
-    runs = client.search_runs([experiment_id], f"tags.`study.stage` = '{stage}' and attributes.status = 'FINISHED' "
-                              "and tags.role != 'sweep'", max_results=5000)
-    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+def stage_runs(client: MlflowClient, study_id: str, stage: str) -> list[MlflowRun]:
+    """The FINISHED runs of one stage of this study, read as the report reads them."""
+    return read.load_study(client, study_id).stage(stage)
 
 
 def best(runs: list[MlflowRun]) -> MlflowRun:
     """The run with the best validation accuracy (of its chosen checkpoint), as the report chooses it: selection
     never sees the test split."""
-    chosen = best_by_val(runs)
+    chosen = read.best_by_val(runs)
     if chosen is None:
         raise UserError("a stage the study selects from finished no run; see its jobs' logs under outputs/studies/")
     return chosen
@@ -85,10 +80,15 @@ def quoted(run: MlflowRun) -> str:
     return f"'{run.info.run_id}'"
 
 
+def regularisation(run: MlflowRun) -> dict[str, str]:
+    """The baseline search's choice as the overrides `{reg}` stands for."""
+    params = run.data.params
+    return {"reg": f"model.dropout={params['model.dropout']} optimizer.weight_decay={params['optimizer.weight_decay']}"}
+
+
 SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict[str, str]]] = {
     "teachers": after_teachers,
-    "baseline_search": lambda runs, _: {"reg": "model.dropout={} optimizer.weight_decay={}".format(
-        best(runs).data.params["model.dropout"], best(runs).data.params["optimizer.weight_decay"])},
+    "baseline_search": lambda runs, _: regularisation(best(runs)),
     "kd_search": lambda runs, _: {"T": best(runs).data.params["objective.temperature"]},
     "teacher_quality": lambda runs, _: {"quality": ",".join(sorted(quoted(r) for r in runs))},
 }
@@ -136,10 +136,10 @@ def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient,
         if not (args.study and finished(client, experiment_id, study_id, stage)):
             if not launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id):
                 failed.append(stage)  # the report uses the jobs that finished and counts them per row
-        if not stage_runs(client, experiment_id, study_id, stage):
+        if not stage_runs(client, study_id, stage):
             raise UserError(f"study stage {stage}: no job finished; see outputs/studies/{study_id}/{stage}/")
         if stage in SELECT:
-            values |= SELECT[stage](stage_runs(client, experiment_id, study_id, stage), study)
+            values |= SELECT[stage](stage_runs(client, study_id, stage), study)
     if failed:  # tagged on the study: its report stands on fewer seeds there
         client.set_tag(study_id, "study.failed_stages", ",".join(failed))
 
