@@ -144,7 +144,12 @@ def test_features_npz_and_npy_folder_read_the_same(tmp_path: Path) -> None:
     (lambda a: a.pop("y_test"), "no array y_test"),
     (lambda a: a.update(y_train=a["y_train"][:-1]), "y_train has shape (89,); expected (90,)"),
     (lambda a: a.update(x_test=a["x_test"][:, :5]), "x_test is float32 (30, 5); expected numbers shaped (N, *(12,))"),
-    (lambda a: a.update(y_train=a["y_train"] - 1), "y_train must hold class indices"),
+    (lambda a: a.update(y_train=a["y_train"] - 1), "labels must be class indices"),
+    (lambda a: a["x_train"].__setitem__((7, 3), np.nan), "x_train row 7 holds a NaN or infinity"),
+    (lambda a: a["x_test"].__setitem__((2, 0), np.inf), "x_test row 2 holds a NaN or infinity"),
+    (lambda a: a.update(y_val=a["y_train"][:4].astype(float) + 0.5, x_val=a["x_train"][:4]),
+     "y_val row 0 is 0.5"),
+    (lambda a: a.update(x_test=a["x_test"][:0], y_test=a["y_test"][:0]), "x_test has no rows"),
     (lambda a: a.update(x_val=a["x_train"][:4]), "has x_val without its pair"),
 ])
 def test_bad_features_name_the_file_and_the_array(tmp_path: Path, change: Callable, message: str) -> None:
@@ -307,7 +312,7 @@ def test_mnist1d_transfer_rows_are_unlabelled(tmp_path: Path) -> None:
     (dict(transfer="augment", transfer_size=5), "data.transfer=augment: needs images (C, H, W)"),
     (dict(transfer="pool"), "data.transfer=pool: f has no unlabelled pool"),
     (dict(val_size=90), "data.val_size=90: must be below the 90 training samples of f"),
-    (dict(num_classes=3), "data.num_classes=3: f has labels up to 4"),
+    (dict(num_classes=3), "data.num_classes=3: f has label 3 in the train split (row 3); labels must be 0 to 2"),
 ])
 def test_impossible_settings_are_user_errors(tmp_path: Path, kw: dict, message: str) -> None:
     dm = ArrayDataModule("f", features(), **({"val_size": 10, "cache_dir": str(tmp_path)} | kw))

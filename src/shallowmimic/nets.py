@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,15 @@ def conv_front(shape: tuple[int, ...], channels: int, kernel: int, pool: int,
                          max_pool(pool))
 
 
+def fits_memory(key: str, value: int, weights: int) -> None:
+    """Refuse a net whose training state (float32 weights, gradients and Adam's two moments: 16 bytes a weight)
+    exceeds this machine's memory, before torch tries to allocate it."""
+    need, have = 16 * weights, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise BadValue(key, value, f"small enough to train here: {weights:.3g} weights need {need / 2**30:,.0f} GiB "
+                       f"for weights, gradients and Adam's state; this machine has {have / 2**30:.0f} GiB")
+
+
 class ShallowNet(nn.Module):
     """One hidden layer: input -> [linear bottleneck of `rank` units] -> `width` nonlinear units -> logits.
 
@@ -65,6 +75,8 @@ class ShallowNet(nn.Module):
             self.front = conv_front(self.in_shape, conv_channels, conv_kernel, conv_pool, activation)
             with torch.no_grad():  # the flattened size after conv + pool, whatever the padding and rounding
                 in_dim = self.front(torch.zeros(1, *self._conv_shape())).numel()
+        weights = (in_dim * rank + rank * width if rank else in_dim * width) + (width + 1) * num_classes + width
+        fits_memory("rank" if rank and rank > width else "width", rank if rank and rank > width else width, weights)
         layers: list[nn.Module] = []
         if rank is not None:
             layers.append(nn.Linear(in_dim, rank, bias=False))

@@ -3,11 +3,12 @@ the tracking store, paths, seed and role. Our own objects (nets, data, objective
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from shallowmimic import checks
-from shallowmimic.errors import BadValue
+from shallowmimic.errors import BadValue, UserError
 from shallowmimic.tracking import redact
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
@@ -33,6 +34,7 @@ def check(cfg: DictConfig) -> None:
                                   and (devices >= 1 or devices == -1))):
         raise BadValue("trainer.devices", devices, "an integer >= 1, -1 (all) or auto")
     checks.integer("trainer.num_nodes", trainer.get("num_nodes"), optional=True)
+    check_device(trainer.accelerator, devices)
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise BadValue("seed", seed, "an integer from 0 to 2**32 - 1")
@@ -47,3 +49,15 @@ def check(cfg: DictConfig) -> None:
     uri = str(cfg.logger.tracking_uri)
     if not uri.startswith(URI_SCHEMES):
         raise BadValue("logger.tracking_uri", redact(uri), f"a tracking URI starting with {', '.join(URI_SCHEMES)}")
+
+
+def check_device(accelerator: str, devices: int | str) -> None:
+    """A GPU trainer on a machine without (enough) GPUs: refused now, not as a traceback inside Lightning."""
+    if accelerator not in ("gpu", "cuda"):
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found == 0:
+        raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU on this machine (torch "
+                        f"{torch.__version__}); use trainer=cpu (or trainer=ddp_cpu for several processes)")
+    if isinstance(devices, int) and devices > found:
+        raise UserError(f"trainer.devices={devices}: this machine has {found} GPU(s); use at most {found} or -1")

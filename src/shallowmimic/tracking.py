@@ -15,6 +15,7 @@ from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import project_root
+from shallowmimic.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,14 @@ PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job
 
 def redact(uri: str) -> str:
     """Text with the password of any URI in it (scheme://user:password@host) replaced, fit for logs and params."""
-    return re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)
+    # greedy to the token's last '@': a password may hold '/', ':' or an unescaped '@'
+    return re.sub(r"//([^:/@\s]+):[^\s]*@", r"//\1:***@", uri)
 
 
 def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     """Client for the configured store and the id of the experiment (created once, with artifacts in outputs/)."""
     uri = str(logger_cfg.tracking_uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+    client = connect(uri, redact(uri))
     name = str(logger_cfg.experiment_name)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -71,9 +71,10 @@ def flat_params(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
                     # a group's own `name` (the data set's) wins over its class name, whatever the order; an
                     # objective's `loss` is built from the keys beside it
                     continue
-                walk(f"{prefix}.{k}" if k != "_target_" else f"{prefix}.name", v)
-        elif isinstance(node, str) and prefix.endswith(".name") and "." in node:
-            out[prefix] = node.rsplit(".", 1)[-1]
+                if k == "_target_":  # a class by its own name: shallowmimic.nets.ShallowNet -> ShallowNet
+                    out[f"{prefix}.name"] = str(v).rsplit(".", 1)[-1]
+                else:
+                    walk(f"{prefix}.{k}", v)
         else:
             out[prefix] = str(node)[:250]
 

@@ -41,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, test its best-on-validation checkpoint once, log everything; return test metrics."""
     started = time.perf_counter()
     settings.check(cfg)
+    client, experiment_id = open_store(cfg.logger)  # a store that cannot be used fails now, before any work
     objective, schedule = build_objective(cfg.objective), build_schedule(cfg.get("scheduler"))
     callbacks = [build_callback(name, node) for name, node in cfg.callbacks.items()]
     if cfg.threads:
@@ -50,7 +51,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm.setup()
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
-    client, experiment_id = open_store(cfg.logger)
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
     teachers = pick_teachers(cfg, objective, client, experiment_id, resume)  # none for label training
     for teacher in teachers:

@@ -68,10 +68,15 @@ class ArrayDataModule(L.LightningDataModule):
             raise NotImplementedError(f"{type(self).__name__} needs `arrays` or its own load_arrays()")
         return self.arrays
 
+    @property
+    def origin(self) -> str:
+        """Where the arrays come from, as errors name it: a file for read data, the data set's name otherwise."""
+        return self.name
+
     def raw_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Raw (x, y) for train, val and test: the data's own validation split, or `val_size` samples drawn from
         train with `split_seed`."""
-        arrays = validate(self.load_arrays(), self.name)
+        arrays = validate(self.load_arrays(), self.origin)
         self.digest = digest_arrays(arrays)
         self.unlabelled = arrays.get("x_unlabelled")
         x, y = arrays["x_train"], arrays["y_train"]
@@ -103,7 +108,11 @@ class ArrayDataModule(L.LightningDataModule):
         if self.num_classes is None:
             self.num_classes = n_classes
         elif n_classes > self.num_classes:
-            raise UserError(f"data.num_classes={self.num_classes}: {self.name} has labels up to {n_classes - 1}")
+            split, row = next((k, int(torch.argmax((s["y"] >= self.num_classes).int())))
+                              for k, s in self.splits.items() if len(s["y"]) and s["y"].max() >= self.num_classes)
+            raise UserError(f"data.num_classes={self.num_classes}: {self.origin} has label "
+                            f"{int(self.splits[split]['y'][row])} in the {split} split (row {row}); labels must be "
+                            f"0 to {self.num_classes - 1}")
         if self.transfer == "augment":
             self.train_raw = raw["train"]
         transfers.check(self)

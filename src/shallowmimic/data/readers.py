@@ -183,20 +183,40 @@ def validate(arrays: Arrays, origin: str) -> Arrays:
     sample = arrays["x_train"].shape[1:]
     out = {}
     for name, a in arrays.items():
+        if not len(a) and name != "x_unlabelled":
+            raise UserError(f"{origin}: {name} has no rows; every split needs at least one sample")
         if name.startswith("x_"):
             if a.ndim < 2 or a.shape[1:] != sample or not np.issubdtype(a.dtype, np.number):
                 raise UserError(f"{origin}: {name} is {a.dtype} {a.shape}; expected numbers shaped (N, *{sample}) "
                                 "like x_train")
+            bad = first_non_finite(a)
+            if bad is not None:
+                raise UserError(f"{origin}: {name} row {bad} holds a NaN or infinity; inputs must be finite numbers")
             out[name] = a
             continue
         x = arrays[f"x{name[1:]}"]
         if a.shape != (len(x),):
             raise UserError(f"{origin}: {name} has shape {a.shape}; expected ({len(x)},), one label per row of "
                             f"x{name[1:]}")
-        if not np.issubdtype(a.dtype, np.number) or (a.size and (a.min() < 0 or np.any(a != np.round(a)))):
-            raise UserError(f"{origin}: {name} must hold class indices 0, 1, 2, ... (integers >= 0)")
+        if not np.issubdtype(a.dtype, np.number):
+            raise UserError(f"{origin}: {name} is {a.dtype}; it must hold class indices 0, 1, 2, ...")
+        bad = np.flatnonzero(~np.isfinite(a) | (a < 0) | (a != np.round(a)))
+        if bad.size:
+            raise UserError(f"{origin}: {name} row {bad[0]} is {a[bad[0]]}; labels must be class indices 0, 1, 2, ...")
         out[name] = a.astype(np.int64)
     return out
+
+
+def first_non_finite(a: np.ndarray, rows: int = 65536) -> int | None:
+    """The first row of `a` holding a NaN or infinity, or None; read in blocks of rows, so a memory-mapped file
+    of millions of rows is checked without a copy of it."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return None  # integers (uint8 pixels) are always finite
+    for start in range(0, len(a), rows):
+        finite = np.isfinite(a[start : start + rows].reshape(min(rows, len(a) - start), -1)).all(1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -65,6 +65,10 @@ class FeaturesDataModule(ArrayDataModule):
         checks.path("path", path)
         self.path = path
 
+    @property
+    def origin(self) -> str:
+        return f"data.path={self.path}"
+
     def load_arrays(self) -> Arrays:
         # x_unlabelled can be the largest array by far: read it only when it is the transfer set
         return load_features(self.path, unlabelled=self.transfer == "pool" and self.pool_dir is None)
