@@ -159,9 +159,10 @@ def test_ensemble_targets_are_the_mean_of_the_members_logits(two_teachers, make_
 
 def test_a_teacher_for_other_inputs_is_refused(two_teachers, client: MlflowClient) -> None:
     teacher = two_teachers[0]
-    images = SimpleNamespace(name="mnist1d", in_shape=(3, 32, 32), num_classes=10)
+    images = SimpleNamespace(name="mnist1d", in_shape=(3, 32, 32), num_classes=10,
+                             split_key=lambda: teacher.data.params["data.split_sha256"])
     with pytest.raises(UserError) as err:
-        check_teacher(teacher, images)
+        check_teacher(client, teacher, images)
     assert str(err.value) == (f"teacher.run_id={teacher.info.run_id}: teacher was trained with data.in_shape=40, "
                               "this run has data.in_shape=3x32x32")
 

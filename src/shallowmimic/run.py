@@ -4,6 +4,7 @@ closed FINISHED, FAILED or KILLED; other DDP ranks only know its id, which reach
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from shallowmimic.resume import Resume, StepOnceMLFlowLogger, logged_steps
+from shallowmimic import signals
+from shallowmimic.resume import LAST, Resume, StepOnceMLFlowLogger, logged_steps
 from shallowmimic.tracking import git_commit, redact, start_run, sweep_parent
 
 
@@ -118,6 +120,16 @@ class Run:
         with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
             hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
+    def how_to_resume(self) -> str:
+        """One line: the run was killed, and the command that continues it from its last checkpoint."""
+        name = signal.Signals(signals.received).name if signals.received else "an interrupt"
+        if not (self.dir / LAST).exists():
+            return f"{name}: run {self.run_id} KILLED before its first checkpoint; run the same command again"
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        kept = " ".join(o for o in overrides if not o.startswith(("logger.run_id=", "resume=")))
+        return f"{name}: run {self.run_id} KILLED; continue it with: python -m shallowmimic.train {kept} " \
+               f"resume={self.dir}".replace("  ", " ")
+
     @contextmanager
     def closing(self) -> Iterator[None]:
         """Rank 0 ends the run FINISHED with the block, KILLED when interrupted (Ctrl-C, or Lightning's exit after
@@ -129,6 +141,8 @@ class Run:
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit):
             status = "KILLED"
+            if self.writer and signals.received is not None:
+                print(self.how_to_resume(), file=sys.stderr)
             raise
         finally:
             # Lightning's DDP leaves its environment (LOCAL_RANK, MASTER_PORT, ...) and process group in rank 0: the

@@ -41,6 +41,7 @@ def check(cfg: DictConfig) -> None:
     checks.integer("threads", cfg.threads, optional=True)
     for key in ("outputs", "cache"):
         checks.writable_folder(f"paths.{key}", cfg.paths[key])
+    checks.flag("reuse", cfg.get("reuse", True))
     if cfg.resume is not None and not isinstance(cfg.resume, str):
         raise BadValue("resume", cfg.resume, "null or the path of a run dir or .ckpt file")
     if cfg.logger.get("run_id") is not None and rank_zero_only.rank == 0:

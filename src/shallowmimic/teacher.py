@@ -21,11 +21,13 @@ from shallowmimic import checks
 from shallowmimic.cache import cached, digest_arrays, sha256_file, spec_key
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError
+from shallowmimic.reuse import FROM
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoints/best.ckpt"  # artifact paths every teacher run logs
 CONFIG = "config.yaml"
+SPLIT = "data.split_sha256"  # the param naming a run's train/validation/test splits
 
 
 def find_teacher(client: MlflowClient, run_id: str) -> Run:
@@ -38,7 +40,12 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
     if run.data.tags.get("role") != "teacher" or run.info.status != "FINISHED":
         raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
                         f"{run.info.status}; it must be a FINISHED teacher run")
-    return run
+    return original(client, run)
+
+
+def original(client: MlflowClient, run: Run) -> Run:
+    """The run itself, or the run it was reused from (reuse.py): that one holds the checkpoint."""
+    return client.get_run(run.data.tags[FROM]) if FROM in run.data.tags else run
 
 
 def teacher_ids(run_ids: str | Sequence[str] | None) -> list[str]:
@@ -65,8 +72,10 @@ def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Seque
         raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
     if ids:
         return [find_teacher(client, run_id) for run_id in ids]
-    runs = client.search_runs([experiment_id], "tags.role = 'teacher' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=newest)
+    found = client.search_runs([experiment_id], "tags.role = 'teacher' and attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time DESC"], max_results=max(50, 4 * newest))
+    # a sweep that reused a teacher lists it again: count each trained teacher once
+    runs = list({r.info.run_id: r for r in (original(client, r) for r in found)}.values())[:newest]
     if not runs:
         raise UserError("teacher.run_id=null: no finished teacher run for this dataset in the tracking store; "
                         "train one first (`make teacher`) or set teacher.run_id")
@@ -84,18 +93,27 @@ def _shape_str(shape: Sequence[int]) -> str:
 def data_params(dm: ArrayDataModule) -> dict[str, str]:
     """What a net built for this data depends on, logged as params on every run so a student can check its
     teacher against its own data."""
-    return {"data.in_shape": _shape_str(dm.in_shape), "data.num_classes": str(dm.num_classes)}
+    return {"data.in_shape": _shape_str(dm.in_shape), "data.num_classes": str(dm.num_classes),
+            SPLIT: dm.split_key()}
 
 
-def check_teacher(run: Run, dm: ArrayDataModule) -> None:
-    """Refuse a teacher trained on other data, or on the same data with other classes or input shape (the same
-    dataset may be configured differently), before the student's run exists."""
+def check_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> None:
+    """Refuse, before the student's run exists, a teacher trained on other data, on the same data with other
+    classes, input shape or splits (it may have trained on the student's validation or test points), or whose
+    checkpoint and config are gone from the store."""
     ours = {"data.name": dm.name} | data_params(dm)
     for key, value in ours.items():
         theirs = run.data.params.get(key)  # absent on runs logged before these params existed
         if theirs is not None and theirs != value:
+            why = " (other train/validation/test splits: it may have trained on this run's validation or test " \
+                  "points)" if key == SPLIT else ""
             raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained with {key}={theirs}, "
-                            f"this run has {key}={value}")
+                            f"this run has {key}={value}{why}")
+    for path in (CHECKPOINT, CONFIG):
+        folder = path.rpartition("/")[0] or None
+        if path not in {a.path for a in client.list_artifacts(run.info.run_id, folder)}:
+            raise UserError(f"teacher.run_id={run.info.run_id}: the teacher run has no artifact {path} (deleted?); "
+                            "train the teacher again or name another run")
 
 
 def weights_digest(state: dict[str, Tensor]) -> str:

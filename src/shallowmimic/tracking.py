@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic import project_root
+from shallowmimic import project_root, signals
 from shallowmimic.store import connect
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class SweepParentRun(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.run_id)
         # Hydra raises after the jobs when one failed, skipping on_multirun_end: close the parent at exit then.
-        atexit.register(self._close, "FAILED")
+        atexit.register(self._close_at_exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.client is None or self.run_id is None:
@@ -133,6 +133,10 @@ class SweepParentRun(Callback):
         failed = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                          "attributes.status != 'FINISHED'", max_results=1)
         self._close("FAILED" if failed else "FINISHED")
+
+    def _close_at_exit(self) -> None:
+        """The sweep stopped early: KILLED by a signal (signals.py), else FAILED (a job raised)."""
+        self._close("FAILED" if signals.received is None else "KILLED")
 
     def _close(self, status: str) -> None:
         if self.client is not None and self.run_id is not None:

@@ -23,13 +23,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic import settings
+from shallowmimic import settings, signals
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
 from shallowmimic.resume import Resume, RunState
+from shallowmimic.reuse import TAG, finished_run, reuse, reuse_key
 from shallowmimic.run import Run, variant
 from shallowmimic.system import System
 from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
@@ -54,10 +55,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
     teachers = pick_teachers(cfg, objective, client, experiment_id, resume)  # none for label training
     for teacher in teachers:
-        check_teacher(teacher, dm)
+        check_teacher(client, teacher, dm)
 
+    key = reuse_key(cfg, dm, [t.info.run_id for t in teachers])
+    if (done := finished_run(cfg, client, experiment_id, key)) is not None:
+        return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
     shape = variant(cfg, len(teachers))
     name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape} | lineage(cfg, teachers)
+    tags[TAG] = key
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
@@ -172,6 +177,7 @@ def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: 
 def main(cfg: DictConfig) -> float:
     """Run one job and return its best validation accuracy (the value a sweeper such as Optuna maximises); a
     user's mistake ends it with one line on stderr and exit status 2."""
+    signals.install()
     try:
         return train(cfg)["val/best_acc"]
     except UserError as err:
@@ -179,6 +185,10 @@ def main(cfg: DictConfig) -> float:
             raise  # Hydra records the failed job and goes on with the others
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit):
+        if signals.received is None:
+            raise
+        sys.exit(signals.exit_status())  # a sweep stops here too: its parent run is closed KILLED
 
 
 if __name__ == "__main__":

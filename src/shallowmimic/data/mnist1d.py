@@ -61,6 +61,7 @@ class MNIST1DDataModule(ArrayDataModule):
     drawn with another seed for the mimic (or none: transfer=train)."""
 
     transfers = ("generated", "train")
+    split_keys = ("generator", "num_samples", "train_split", "seed", "val_size")
 
     def __init__(self, name: str = "mnist1d", num_samples: int = 5000, train_split: float = 0.8, seed: int = 42,
                  val_size: int = 500, transfer: str = "generated", transfer_size: int = 200_000,

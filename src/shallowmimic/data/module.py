@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from shallowmimic import checks
-from shallowmimic.cache import Arrays, digest_arrays
+from shallowmimic.cache import Arrays, digest_arrays, spec_key
 from shallowmimic.data import transfer as transfers
 from shallowmimic.data.loader import Batch, InMemoryLoader
 from shallowmimic.data.readers import validate
@@ -26,6 +26,7 @@ class ArrayDataModule(L.LightningDataModule):
     """
 
     transfers: tuple[str, ...] = ("train", "pool", "augment")  # the transfer sets this data can make
+    split_keys: tuple[str, ...] = ("sha256", "val_size", "split_seed")  # the keys of spec() that fix the splits
 
     def __init__(self, name: str, arrays: Arrays | None = None, num_classes: int | None = None,
                  val_size: int = 5000, split_seed: int = 0, transfer: str = "train", transfer_size: int = 0,
@@ -131,6 +132,12 @@ class ArrayDataModule(L.LightningDataModule):
         if self.transfer == "pool" and self.pool_dir is not None:
             spec["pool"] = transfers.pool_key(self.pool_dir)
         return spec
+
+    def split_key(self) -> str:
+        """A hash of what defines the train/validation/test splits (not the transfer set): a teacher and its
+        student must agree on it, or the teacher may have trained on the student's validation or test points."""
+        spec = self.spec()
+        return spec_key({k: spec[k] for k in self.split_keys})
 
     def generate_transfer(self) -> np.ndarray:
         """Raw generated transfer inputs; only datasets with a generator have them."""
