@@ -66,6 +66,19 @@ def make_cfg(outputs: Path, store_uri: str) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture
+def data_cfg(outputs: Path, store_uri: str) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml for a real dataset, with one quick epoch (conftest's TINY holds MNIST-1D keys)."""
+
+    def make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("train", overrides=[f"paths.outputs={outputs}", f"logger.tracking_uri={store_uri}",
+                                               "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                                               *overrides])
+
+    return make
+
+
+@pytest.fixture
 def cli(outputs: Path, store_uri: str) -> Callable[..., subprocess.CompletedProcess]:
     """Run `python -m shallowmimic.train` for real (Hydra's own launch) against the test's store."""
 

@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
-from omegaconf import DictConfig
 from PIL import Image
 
 from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule, readers
@@ -23,7 +21,7 @@ from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
 from shallowmimic.train import train
 
-from .conftest import CONF, runs_of
+from .conftest import runs_of
 
 RNG = np.random.default_rng(0)
 
@@ -331,19 +329,6 @@ def test_features_pool_reads_x_unlabelled_only_when_used(tmp_path: Path) -> None
 
 
 # --- end to end through Hydra configs ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def data_cfg(outputs: Path, store_uri: str) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml for a real dataset, with one quick epoch (conftest's TINY holds MNIST-1D keys)."""
-
-    def make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("train", overrides=[f"paths.outputs={outputs}", f"logger.tracking_uri={store_uri}",
-                                               "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                                               *overrides])
-
-    return make
 
 
 def tiny_files(kind: str, root: Path) -> list[str]:

@@ -150,8 +150,8 @@ def test_ensemble_targets_are_the_mean_of_the_members_logits(two_teachers, make_
             assert torch.equal(targets, mean.float())
             assert np.array_equal(stored[split], targets.numpy())
 
-    # the ensemble is a set: the other order reuses the cached mean
-    train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id=[{b},{a}]"))
+    # the ensemble is a set: the other order reuses the cached mean (and, unless told not to, the finished run)
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id=[{b},{a}]", "reuse=false"))
     second = [r for r in runs_of(client) if r.data.tags["role"] == "mimic" and r.info.run_id != mimic.info.run_id]
     assert second[0].data.tags["logits_cache"] == "hit"
     assert second[0].data.tags["teacher_logits_sha256"] == mimic.data.tags["teacher_logits_sha256"]

@@ -37,7 +37,8 @@ def test_mimic_learns_from_the_teacher_and_reuses_its_logits(teacher_run, make_c
     cache_files = list((outputs / "cache" / "logits").glob("*.npz"))
     assert len(cache_files) == 1
     mtime = cache_files[0].stat().st_mtime_ns
-    second = train(cfg)
+    assert train(cfg) == first  # reused: the same config, code, data and teacher
+    second = train(make_cfg("experiment=mimic", *TINY_SHALLOW, "model.rank=4", "reuse=false"))
     assert cache_files[0].stat().st_mtime_ns == mtime
     assert first == second  # same seed, same cached targets: the same student
 

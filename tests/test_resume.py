@@ -43,7 +43,7 @@ def test_killed_fit_resumes_into_the_same_run_with_the_same_metrics(cli, client,
 
     resumed = cli(*JOB, f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    reference = cli(*JOB)  # the same job, never interrupted
+    reference = cli(*JOB, "reuse=false")  # the same job, never interrupted (not reused: retrained)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     runs = {r.info.run_id: r for r in runs_of(client)}

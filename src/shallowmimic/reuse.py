@@ -59,7 +59,8 @@ def finished_run(cfg: DictConfig, client: MlflowClient, experiment_id: str, key:
 
 
 def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, float]:
-    """Report the reused run (inside a sweep, add it to the sweep's runs); return its final metrics."""
+    """Report the reused run (inside a sweep, add it to the sweep's runs); return what train() returns: its test
+    metrics and best validation accuracy."""
     original = done.data.tags.get(FROM, done.info.run_id)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     parent = sweep_parent(hydra_cfg.sweep.dir) if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -74,4 +75,4 @@ def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, f
         client.set_terminated(run_id, "FINISHED")
     print(f"[{done.info.run_name}] reused run {original}: finished before with the same config, code and data "
           "(reuse=false retrains)")
-    return dict(done.data.metrics)
+    return {k: v for k, v in done.data.metrics.items() if k.startswith("test/") or k == "val/best_acc"}
