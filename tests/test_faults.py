@@ -26,10 +26,11 @@ JOB = ["experiment=baseline", *TINY_SHALLOW, "trainer.max_epochs=30"]
 def start_and_signal(outputs: Path, store_uri: str, overrides: list[str], signum: int,
                      ready: str = "runs/*/checkpoints/last.ckpt") -> subprocess.CompletedProcess:
     """Start the job, send `signum` once a file matching `ready` exists under outputs/; return how it ended."""
+    before = set(outputs.glob(ready))
     proc = subprocess.Popen(**cli_args(outputs, store_uri, tuple(overrides)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(outputs.glob(ready)):
+    while not set(outputs.glob(ready)) - before:  # a new one: this job's
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it was signalled"
         time.sleep(0.01)
     proc.send_signal(signum)

@@ -73,10 +73,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.params({"data.n_train_rows": dm.n_train_rows})
 
         system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
-        # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
-        checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", save_last=True,
-                                     monitor=objective.monitor, mode=objective.mode)
-        trainer = run.trainer(cfg, [checkpoint, RunState(run.run_id), *callbacks])
+        # best.ckpt: chosen on validation (first: trainer.test's "best"); last.ckpt: every epoch, for resume=
+        # (Lightning's save_last writes it only in epochs that improve on the best)
+        checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", monitor=objective.monitor,
+                                     mode=objective.mode)
+        last = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="last", enable_version_counter=False)
+        trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks])
         run.relaunch_here([t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
