@@ -27,6 +27,7 @@ from shallowmimic import settings
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError
+from shallowmimic.models import record_model
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
 from shallowmimic.resume import Resume, RunState
@@ -76,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         fit_s = fit(run, trainer, system, dm, resume)
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
         metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
+        record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
     if run.writer:
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")

@@ -1,0 +1,47 @@
+"""What a user sees of a run in the MLflow UI: its logged model, its datasets, its tags and description."""
+
+import tempfile
+
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from shallowmimic.nets import ShallowNet
+from shallowmimic.train import train
+
+from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
+
+
+@pytest.fixture
+def mimic_run(make_cfg, client: MlflowClient):
+    """A tiny teacher and a mimic of it, both finished, in the test's store: (teacher run, mimic run)."""
+    train(make_cfg(*TINY_TEACHER))
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW, "model.rank=4"))
+    by_role = {r.data.tags["role"]: r for r in runs_of(client)}
+    return by_role["teacher"], by_role["mimic"]
+
+
+def test_the_logged_model_loads_and_gives_the_checkpoints_logits(mimic_run, client: MlflowClient) -> None:
+    teacher, run = mimic_run
+    for r in (teacher, run):
+        (output,) = client.get_run(r.info.run_id).outputs.model_outputs
+        assert r.data.tags["model_id"] == output.model_id
+    model = client.get_logged_model(run.data.tags["model_id"])
+    assert model.source_run_id == run.info.run_id and str(model.status) == "READY"
+    assert {m.key for m in model.metrics} >= {"test/acc", "val/best_acc"}  # the final metrics name the model
+    loaded = mlflow.pytorch.load_model(model.model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", tmp)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    x = torch.randn(7, 40)  # a batch size other than the input example's
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), _net_from(state)(x), atol=1e-6)
+
+
+def _net_from(state: dict) -> torch.nn.Module:
+    """The mimic's net built from the checkpoint's weights (width 32, rank 4, as the fixture trains it)."""
+    net = ShallowNet(in_shape=(40,), num_classes=10, width=32, rank=4)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return net.eval()
+
