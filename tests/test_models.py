@@ -7,6 +7,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from shallowmimic.checks import build
+from shallowmimic.inputs import data_digest
 from shallowmimic.nets import ShallowNet
 from shallowmimic.train import train
 
@@ -45,3 +47,22 @@ def _net_from(state: dict) -> torch.nn.Module:
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()
 
+
+
+def test_runs_log_their_datasets_with_the_caches_digest(mimic_run, make_cfg) -> None:
+    teacher, mimic = mimic_run
+    dm = build("data", make_cfg().data)
+    digest = data_digest(dm)
+    for run, splits in ((teacher, {"train", "val", "test"}), (mimic, {"train", "val", "test", "transfer"})):
+        inputs = run.inputs.dataset_inputs
+        seen = {tag(i, "split"): (i.dataset.name, i.dataset.digest, tag(i, "mlflow.data.context")) for i in inputs}
+        assert set(seen) == splits
+        assert {d for _, d, _ in seen.values()} == {digest}  # same data, same digest, in both runs
+        assert seen["val"][2] == "validation" and seen["test"][2] == "testing" and seen["train"][0] == "mnist1d-train"
+        assert '"num_samples": "600"' in inputs[0].dataset.source  # where it came from: the generator's arguments
+    assert {tag(i, "mlflow.data.context") for i in mimic.inputs.dataset_inputs if tag(i, "split") == "transfer"} == {
+        "training"}
+
+
+def tag(dataset_input, key: str) -> str | None:
+    return next((t.value for t in dataset_input.tags if t.key == key), None)

@@ -27,6 +27,7 @@ from shallowmimic import settings
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError
+from shallowmimic.inputs import log_datasets
 from shallowmimic.models import record_model
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
@@ -67,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if teachers:
             attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits")
         run.params({"data.n_train_rows": dm.n_train_rows})
+        log_datasets(run, dm, cfg.data)
 
         system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
         # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
