@@ -66,3 +66,16 @@ def test_runs_log_their_datasets_with_the_caches_digest(mimic_run, make_cfg) -> 
 
 def tag(dataset_input, key: str) -> str | None:
     return next((t.value for t in dataset_input.tags if t.key == key), None)
+
+
+def test_runs_carry_the_standard_tags_and_a_description(mimic_run, client: MlflowClient) -> None:
+    teacher, mimic = mimic_run
+    tags = mimic.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"] and tags["mlflow.source.name"]
+    assert tags["git_commit"].startswith(tags["mlflow.source.git.commit"])
+    note = tags["mlflow.note.content"]
+    assert note.startswith("**mimic** `w=32 k=4`") and "mnist1d" in note and f"{4 * 72 + 32 + 330:,} param" in note
+    # a link the UI opens: the teacher's run page
+    assert f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})" in note
+    experiment = client.get_experiment(mimic.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view

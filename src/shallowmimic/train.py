@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from shallowmimic import settings
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
+from shallowmimic.describe import run_tags
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.inputs import log_datasets
 from shallowmimic.models import record_model
@@ -60,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     shape = variant(cfg, len(teachers))
     name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape} | lineage(cfg, teachers)
+    tags |= run_tags(cfg, shape, n_params(net), teachers, experiment_id)  # the UI's Source, User, Description
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
