@@ -62,7 +62,8 @@ def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[Mlfl
 def run_tags(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun],
              experiment_id: str) -> dict[str, str]:
     """The standard tags a new run gets beside ours: source, user, and its description."""
-    return source_tags() | {MLFLOW_RUN_NOTE: describe(cfg, shape, n_params, teachers, experiment_id)}
+    tags = source_tags() | {MLFLOW_RUN_NOTE: describe(cfg, shape, n_params, teachers, experiment_id)}
+    return tags | ({"teacher_model_uri": str(cfg.teacher.model)} if cfg.teacher.get("model") else {})
 
 
 def sweep_description(overrides: str, stage: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # every run logs one net, under this name
 MODEL_ID_TAG = "model_id"  # the run's tag pointing at its LoggedModel
 EXAMPLE_ROWS = 2
+
+
+def using_store(client: MlflowClient) -> AbstractContextManager[None]:
+    """The global tracking URI pointed at the client's store for a block: MLflow's fluent log_model, and its
+    registry's check of a models:/ source, read the global one whatever client calls them."""
+    return _use_tracking_uri(client._tracking_client.tracking_uri)
 
 
 def best_net(net: nn.Module, checkpoint_path: str | Path) -> nn.Module:
@@ -54,8 +61,7 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
     experiment_id = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id, tags=tags,
                                        model_type=tags.get("role"))
-    # the fluent log_model reads the global tracking URI: point it at our store for this call only
-    with _use_tracking_uri(client._tracking_client.tracking_uri):
+    with using_store(client):
         # pt2 (torch.export): loads without our classes and without unpickling code. Requirements given: MLflow would
         # infer them in a subprocess (seconds), and warn about torch's local label (+cpu), which pip cannot install
         mlflow.pytorch.log_model(net, name=MODEL_NAME, model_id=model.model_id, run_id=run_id, signature=signature,

@@ -138,7 +138,12 @@ class SweepParentRun(Callback):
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         failed = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                          "attributes.status != 'FINISHED'", max_results=1)
+        parent = self.run_id
         self._close("FAILED" if failed else "FINISHED")
+        if config.get("register") and not failed:
+            from shallowmimic.registry import register_sweep  # here: the registry imports the runs, which import us
+
+            register_sweep(self.client, str(config.logger.experiment_name), parent)
 
     def _close(self, status: str) -> None:
         if self.client is not None and self.run_id is not None:

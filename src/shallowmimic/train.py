@@ -32,6 +32,7 @@ from shallowmimic.inputs import log_datasets
 from shallowmimic.models import record_model
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
+from shallowmimic.registry import maybe_register, teacher_ids_from_model
 from shallowmimic.resume import Resume, RunState
 from shallowmimic.run import Run, variant
 from shallowmimic.system import System
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
         record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
     if run.writer:
+        maybe_register(cfg, client, run.run_id)
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
     return metrics
@@ -95,7 +97,7 @@ def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, e
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id)
+    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(client, cfg.teacher)  # teacher.model: its run
     if resume is not None:
         ids = resume.teachers(ids)
     return find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
