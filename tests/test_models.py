@@ -79,3 +79,12 @@ def test_runs_carry_the_standard_tags_and_a_description(mimic_run, client: Mlflo
     assert f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})" in note
     experiment = client.get_experiment(mimic.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+
+
+def test_system_metrics_are_sampled_during_fit_and_switch_off(make_cfg, client: MlflowClient) -> None:
+    train(make_cfg("experiment=baseline", *TINY_SHALLOW, "logger.system_metrics_interval=0.05",
+                   "trainer.max_epochs=4"))
+    train(make_cfg("experiment=baseline", *TINY_SHALLOW, "logger.system_metrics=false", "seed=1"))
+    on, off = sorted(runs_of(client), key=lambda r: r.data.params["seed"])
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(on.data.metrics)
+    assert not [k for k in off.data.metrics if k.startswith("system/")]

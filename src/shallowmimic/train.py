@@ -39,6 +39,7 @@ from shallowmimic.system import System
 from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
 from shallowmimic.teacher import teacher_ids as ids_of
 from shallowmimic.tracking import flat_params, open_store, redact
+from shallowmimic.usage import system_metrics
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -77,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
         checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", save_last=True,
                                      monitor=objective.monitor, mode=objective.mode)
-        trainer = run.trainer(cfg, [checkpoint, RunState(run.run_id), *callbacks])
+        trainer = run.trainer(cfg, [checkpoint, RunState(run.run_id), *callbacks, *system_metrics(cfg.logger, run)])
         run.relaunch_here([t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
