@@ -1,11 +1,15 @@
 """The model registry: register=true and `make register` alias the best nets `champion`; a mimic names its teacher
 by a model URI."""
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
 from shallowmimic.registry import main as register_main
+from shallowmimic.report import main as report_main
 from shallowmimic.train import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
@@ -29,7 +33,8 @@ def test_an_unknown_teacher_model_is_one_line_naming_the_key(make_cfg, client: M
     assert runs_of(client) == []  # no run left behind
 
 
-def test_make_register_aliases_the_sweeps_best_on_validation(cli, client: MlflowClient, store_uri: str) -> None:
+def test_make_register_aliases_the_sweeps_best_on_validation_and_the_report_lands_on_its_parent(
+        cli, client: MlflowClient, store_uri: str, outputs: Path) -> None:
     assert cli(*TINY_TEACHER).returncode == 0
     proc = cli("-m", "experiment=mimic", "model.width=8,32")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -39,3 +44,13 @@ def test_make_register_aliases_the_sweeps_best_on_validation(cli, client: Mlflow
     assert client.get_model_version_by_alias("mnist1d-mimic", "champion").run_id == best.info.run_id
     teacher = client.get_model_version_by_alias("mnist1d-teacher", "champion")
     assert teacher.run_id == best.data.tags["teacher_run_id"]
+
+    assert report_main(["--tracking-uri", store_uri, "--out", str(outputs / "reports")]) == 0
+    (parent,) = [r for r in runs_of(client) if r.data.tags["role"] == "sweep"]
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "report/table.json", str(outputs)))
+                       .read_text())
+    assert table["columns"][:2] == ["role", "variant"] and [row[0] for row in table["data"]] == ["teacher", "mimic",
+                                                                                                "mimic"]
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("A Hydra sweep: `") and "experiment=mimic model.width=8,32`" in note
+    assert "### Report" in note and "| mimic | w=32 |" in note

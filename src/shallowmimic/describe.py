@@ -7,11 +7,14 @@ from collections.abc import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 
+REPORT_TABLE = "report/table.json"
+REPORT_HEADING = "### Report"  # the part of a sweep's description the report writes (and rewrites)
 OBJECTIVES = {  # what each objective of conf/objective/ fits, in words
     "labels": "cross-entropy on the labels",
     "mimic": "L2 regression on the teacher's logits (Ba & Caruana's mimic)",
@@ -70,3 +73,11 @@ def sweep_description(overrides: str, stage: str | None) -> str:
     """A sweep parent's description until its report replaces it."""
     what = f"Stage **{stage}** of the paper's study" if stage else "A Hydra sweep"
     return f"{what}: `{overrides or '(no overrides)'}`. Its jobs are the child runs below."
+
+
+def publish_report(client: MlflowClient, parent: str, rows: list[dict[str, str]], table_md: str) -> None:
+    """The sweep parent's report in the UI: the table as an MLflow table artifact (its Artifacts and Evaluation
+    views read it) and, under what the sweep was, in its description."""
+    client.log_table(parent, {key: [row[key] for row in rows] for key in rows[0]} if rows else {}, REPORT_TABLE)
+    note = client.get_run(parent).data.tags.get(MLFLOW_RUN_NOTE, "").split(REPORT_HEADING)[0].rstrip()
+    client.set_tag(parent, MLFLOW_RUN_NOTE, f"{note}\n\n{REPORT_HEADING}\n\n{table_md}\n\nFigures: `report/`.")
