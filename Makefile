@@ -81,6 +81,7 @@ bench: install  ## throughput: plain loop vs our Lightning path, cached vs onlin
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
 	mkdir -p outputs
+	@echo "open http://$(HOST):$(PORT)/#/experiments?workflowType=machine_learning (the model-training view)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/outputs/mlartifacts \
 		--host $(HOST) --port $(PORT)
 

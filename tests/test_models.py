@@ -76,7 +76,8 @@ def test_runs_carry_the_standard_tags_and_a_description(mimic_run, client: Mlflo
     note = tags["mlflow.note.content"]
     assert note.startswith("**mimic** `w=32 k=4`") and "mnist1d" in note and f"{4 * 72 + 32 + 330:,} param" in note
     # a link the UI opens: the teacher's run page
-    assert f"[{teacher.info.run_name}](#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id})" in note
+    page = f"#/experiments/{teacher.info.experiment_id}/runs/{teacher.info.run_id}?workflowType=machine_learning"
+    assert f"[{teacher.info.run_name}]({page})" in note
     experiment = client.get_experiment(mimic.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
 

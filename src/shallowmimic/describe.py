@@ -13,6 +13,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 
+# MLflow 3.17's UI picks GenAI or model training from this URL parameter (else the user's last choice, GenAI first)
+UI_VIEW = "workflowType=machine_learning"
 REPORT_TABLE = "report/table.json"
 REPORT_HEADING = "### Report"  # the part of a sweep's description the report writes (and rewrites)
 OBJECTIVES = {  # what each objective of conf/objective/ fits, in words
@@ -34,8 +36,8 @@ def source_tags() -> dict[str, str]:
 
 
 def run_link(run_id: str, experiment_id: str, text: str | None = None) -> str:
-    """A Markdown link that the MLflow UI (a hash router) opens in the same window."""
-    return f"[{text or run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id})"
+    """A Markdown link that the MLflow UI (a hash router) opens in the same window, in its model-training view."""
+    return f"[{text or run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW})"
 
 
 def sweep_parent_id() -> str | None:

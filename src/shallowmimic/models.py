@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from shallowmimic.run import Run
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "model"  # every run logs one net, under this name
 MODEL_ID_TAG = "model_id"  # the run's tag pointing at its LoggedModel
 EXAMPLE_ROWS = 2
 
@@ -59,12 +59,14 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
         logits = net(x)
     signature = infer_signature(x.numpy(), logits.numpy())
     experiment_id = client.get_run(run_id).info.experiment_id
-    model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id, tags=tags,
+    # named by role and variant (e.g. mimic-w1024-k32), so the Models tab tells them apart
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "", "-".join([tags.get("role", "net"), *tags.get("variant", "").split()]))
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags,
                                        model_type=tags.get("role"))
     with using_store(client):
         # pt2 (torch.export): loads without our classes and without unpickling code. Requirements given: MLflow would
         # infer them in a subprocess (seconds), and warn about torch's local label (+cpu), which pip cannot install
-        mlflow.pytorch.log_model(net, name=MODEL_NAME, model_id=model.model_id, run_id=run_id, signature=signature,
+        mlflow.pytorch.log_model(net, name=name, model_id=model.model_id, run_id=run_id, signature=signature,
                                  input_example=x.numpy(), serialization_format="pt2",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client.log_batch(run_id, metrics=[linked(client, run_id, key, model.model_id) for key in metrics])

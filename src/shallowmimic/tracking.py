@@ -20,7 +20,7 @@ from shallowmimic.describe import MLFLOW_RUN_NOTE, source_tags, sweep_descriptio
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
-# MLflow 3's UI opens an experiment without this tag in its GenAI view; ours train models
+# MLflow 3 classifies an experiment without this tag as GenAI (where its UI reads it); ours train models
 KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {KIND: "custom_model_development"}
 
