@@ -4,6 +4,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from shallowmimic.quiet import silence
+
 __version__ = "0.1.0"
 
 
@@ -16,3 +18,5 @@ def project_root() -> Path:
 
 # conf/train.yaml's paths.root: configs composed by train, bench and the tests all resolve it
 OmegaConf.register_new_resolver("sm.root", lambda: str(project_root()), replace=True)
+
+silence()  # every entry point (train, report, registry, study, DDP ranks) imports the package first
