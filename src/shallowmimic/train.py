@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic import settings
+from shallowmimic import conf_dir, settings
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.describe import run_tags
@@ -177,7 +177,7 @@ def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: 
     return {"val/best_acc": best_acc}
 
 
-@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run one job and return its best validation accuracy (the value a sweeper such as Optuna maximises); a
     user's mistake ends it with one line on stderr and exit status 2."""

@@ -8,7 +8,6 @@ import logging
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from omegaconf import DictConfig
 
 from shallowmimic.run import Run
@@ -22,9 +21,12 @@ class SystemMetrics(Callback):
 
     def __init__(self, run: Run, tracking_uri: str, interval: float) -> None:
         self.run, self.tracking_uri, self.interval = run, tracking_uri, interval
-        self.monitor: SystemMetricsMonitor | None = None
+        self.monitor = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # imported here: it imports psutil, which system_metrics() checks for first
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
         if trainer.is_global_zero:
             self.monitor = SystemMetricsMonitor(self.run.run_id, sampling_interval=self.interval,
                                                 resume_logging=self.run.resumed, tracking_uri=self.tracking_uri)
