@@ -71,7 +71,10 @@ def register_sweep(client: MlflowClient, experiment: str, parent: str | None = N
         ids = max(students, key=lambda r: r.data.metrics[SELECT_ON]).data.tags.get("teacher_run_id", "")
         if "," not in ids and ids in teachers:
             best["teacher"] = teachers[ids]
-    return {role: register_run(client, run, f"{experiment}-{role}") for role, run in best.items()}
+    versions = {role: register_run(client, run, f"{experiment}-{role}") for role, run in best.items()}
+    for version in versions.values():  # `make register` and a sweep with register=true both say what they did
+        print(f"registered {version.name} version {version.version} as @{ALIAS} (run {version.run_id})")
+    return versions
 
 
 def maybe_register(cfg: DictConfig, client: MlflowClient, run_id: str) -> None:
@@ -125,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for version in versions.values():
-        print(f"registered {version.name} version {version.version} as @{ALIAS} (run {version.run_id})")
     return 0 if versions else 1
 
 
