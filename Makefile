@@ -35,7 +35,7 @@ THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SIZE   ?= full
 DATA   ?= mnist1d
 
-.PHONY: help install run teacher baseline mimic sweep paper report bench ui server test lint clean
+.PHONY: help install run teacher baseline mimic sweep paper report register bench ui server test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,11 +73,15 @@ paper: install  ## the paper's study: Figures 1-3, bottleneck, controls, inferen
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.report $(ARGS)
 
+register: install  ## register the newest sweep's best net of each role (on validation) and its teacher, as @champion
+	$(PY) -m shallowmimic.registry $(ARGS)
+
 bench: install  ## throughput: plain loop vs our Lightning path, cached vs online teacher, GFLOP/s (ARGS="--width 8192")
 	$(PY) -m shallowmimic.bench $(ARGS)
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
 	mkdir -p outputs
+	@echo "open http://$(HOST):$(PORT)/#/experiments?workflowType=machine_learning (the model-training view)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/outputs/mlartifacts \
 		--host $(HOST) --port $(PORT)
 

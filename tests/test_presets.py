@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from shallowmimic.train import train
 
 from .conftest import runs_of
-from .test_datasets import data_cfg, tiny_files  # noqa: F401  (data_cfg is a fixture)
+from .test_datasets import tiny_files
 
 ONE_BATCH = ["+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "trainer.max_epochs=1"]
 

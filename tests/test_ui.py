@@ -46,6 +46,15 @@ def test_ui_server_lists_our_runs(make_cfg, store_uri: str, outputs: Path) -> No
         runs = post(f"{base}/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
         assert [r["info"]["run_name"] for r in runs] == ["baseline w=32 seed=0"]
         assert {"key": "role", "value": "baseline"} in runs[0]["data"]["tags"]
+        # what the run's page shows: Source, Description, Datasets, Logged models; the experiment's view
+        tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.note.content"].startswith("**baseline**")
+        contexts = {i["dataset"]["name"]: next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context")
+                    for i in runs[0]["inputs"]["dataset_inputs"]}
+        assert contexts == {"mnist1d-train": "training", "mnist1d-val": "validation", "mnist1d-test": "testing"}
+        models = post(f"{base}/logged-models/search", {"experiment_ids": [exp["experiment_id"]]})["models"]
+        assert [m["info"]["source_run_id"] for m in models] == [runs[0]["info"]["run_id"]]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -33,7 +33,7 @@ from mlflow.entities import Metric
 from omegaconf import DictConfig
 from torch import nn
 
-from shallowmimic import project_root
+from shallowmimic import conf_dir
 from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import mimic_loss
@@ -67,7 +67,7 @@ def bench_config(width: int, rank: int | None, batch_size: int, epochs: int, tra
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with these overrides."""
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 

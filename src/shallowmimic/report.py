@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from shallowmimic import project_root
+from shallowmimic.describe import publish_report
 from shallowmimic.settings import ROLES
 
 ROLE_ORDER = {role: i for i, role in enumerate(ROLES)}  # the paper's order: teacher, baseline, mimic, kd
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if parent:  # the report belongs to its sweep: browse it in the UI beside the runs it summarises
         for file in files:
             client.log_artifact(parent, str(file), "report")
+        publish_report(client, parent, rows, text)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 

@@ -23,7 +23,8 @@ from shallowmimic.data import ArrayDataModule
 from shallowmimic.tracking import git_commit, sweep_parent
 
 TAG, FROM = "reuse_key", "reused_from"
-PLUMBING = ("paths", "logger", "study", "resume", "reuse", "threads", "teacher")  # what never changes a result
+# what never changes a result (a student's teachers enter the key as the runs they resolved to)
+PLUMBING = ("paths", "logger", "study", "resume", "reuse", "register", "threads", "teacher")
 
 
 def code_version() -> str:

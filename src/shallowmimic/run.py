@@ -114,7 +114,8 @@ class Run:
         # quoted: an id of digits alone would otherwise be read as a number
         ours = {"logger.run_id": f"'{self.run_id}'"}
         if teacher_ids:
-            ours |= {"teacher.run_id": "[" + ",".join(f"'{i}'" for i in teacher_ids) + "]", "teacher.ensemble": "1"}
+            ours |= {"teacher.run_id": "[" + ",".join(f"'{i}'" for i in teacher_ids) + "]", "teacher.ensemble": "1",
+                     "teacher.model": "null"}  # the run a teacher.model= URI resolved to, named by its id above
         kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ours]
         sys.argv = [sys.argv[0], *kept, *(f"{k}={v}" for k, v in ours.items())]
         with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):

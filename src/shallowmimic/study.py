@@ -25,13 +25,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic import project_root
+from shallowmimic import conf_dir
 from shallowmimic.errors import UserError
 from shallowmimic.paper import read
 from shallowmimic.run import Run
 from shallowmimic.tracking import git_commit, open_store, start_run
 
-STUDIES = project_root() / "conf" / "study"
+STUDIES = conf_dir() / "study"
 
 
 def load_study(size: str) -> DictConfig:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         study = load_study(args.size)
-        with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
         client, experiment_id = open_store(cfg.logger)
         study_id = begin(args, client, experiment_id)

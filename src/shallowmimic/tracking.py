@@ -15,11 +15,15 @@ from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import project_root, signals
+from shallowmimic.describe import MLFLOW_RUN_NOTE, source_tags, sweep_description
 from shallowmimic.store import connect
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
+# MLflow 3 classifies an experiment without this tag as GenAI (where its UI reads it); ours train models
+KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND: "custom_model_development"}
 
 
 def redact(uri: str) -> str:
@@ -35,11 +39,13 @@ def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     name = str(logger_cfg.experiment_name)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if KIND not in exp.tags:  # made before we tagged experiments: open it in the model-training view too
+            client.set_experiment_tag(exp.experiment_id, KIND, EXPERIMENT_TAGS[KIND])
         return client, exp.experiment_id
     # A local store keeps artifacts beside it; a tracking server chooses (and serves) its own location.
     location = None if uri.startswith(("http://", "https://")) else Path(logger_cfg.artifact_root).resolve().as_uri()
     try:
-        return client, client.create_experiment(name, artifact_location=location)
+        return client, client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # another job created it between our look-up and our create
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -115,6 +121,7 @@ class SweepParentRun(Callback):
         overrides = redact(" ".join(config.hydra.overrides.task))
         tags = {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}
         study = config.get("study") or {}  # a stage of `make paper`: nest under the study's run
+        tags |= source_tags() | {MLFLOW_RUN_NOTE: sweep_description(overrides, study.get("stage"))}
         if study.get("run_id"):
             tags |= {"mlflow.parentRunId": study.run_id, "study.stage": str(study.stage)}
         name = f"{study.stage} {overrides}" if study.get("stage") else f"sweep {overrides}"
@@ -132,7 +139,12 @@ class SweepParentRun(Callback):
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         failed = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                          "attributes.status != 'FINISHED'", max_results=1)
+        parent = self.run_id
         self._close("FAILED" if failed else "FINISHED")
+        if config.get("register") and not failed:
+            from shallowmimic.registry import register_sweep  # here: the registry imports the runs, which import us
+
+            register_sweep(self.client, str(config.logger.experiment_name), parent)
 
     def _close_at_exit(self) -> None:
         """The sweep stopped early: KILLED by a signal (signals.py), else FAILED (a job raised)."""

@@ -23,12 +23,16 @@ from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic import settings, signals
+from shallowmimic import conf_dir, settings, signals
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
+from shallowmimic.describe import run_tags
 from shallowmimic.errors import BadValue, UserError
+from shallowmimic.inputs import log_datasets
+from shallowmimic.models import record_model
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
+from shallowmimic.registry import maybe_register, teacher_ids_from_model
 from shallowmimic.resume import Resume, RunState
 from shallowmimic.reuse import TAG, finished_run, reuse, reuse_key
 from shallowmimic.run import Run, variant
@@ -36,6 +40,7 @@ from shallowmimic.system import System
 from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
 from shallowmimic.teacher import teacher_ids as ids_of
 from shallowmimic.tracking import flat_params, open_store, redact
+from shallowmimic.usage import system_metrics
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -61,8 +66,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (done := finished_run(cfg, client, experiment_id, key)) is not None:
         return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
     shape = variant(cfg, len(teachers))
-    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape} | lineage(cfg, teachers)
-    tags[TAG] = key
+    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape, TAG: key}
+    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, experiment_id)  # UI's Source...
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
@@ -71,19 +76,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if teachers:
             attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits")
         run.params({"data.n_train_rows": dm.n_train_rows})
+        log_datasets(run, dm, cfg.data)
 
         system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
-        # best.ckpt: chosen on validation (first: trainer.test's "best"); last.ckpt: every epoch, for resume=
-        # (Lightning's save_last writes it only in epochs that improve on the best)
-        checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", monitor=objective.monitor,
-                                     mode=objective.mode)
-        last = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="last", enable_version_counter=False)
-        trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks])
+        checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
+        trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
+                                    *system_metrics(cfg.logger, run)])
         run.relaunch_here([t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
         metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
         metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
+        record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
     if run.writer:
+        maybe_register(cfg, client, run.run_id)
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
     return metrics
@@ -96,7 +101,7 @@ def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, e
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id)
+    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(client, cfg.teacher)  # teacher.model: its run
     if resume is not None:
         ids = resume.teachers(ids)
     return find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
@@ -142,6 +147,13 @@ def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule,
     return time.perf_counter() - started
 
 
+def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """best.ckpt, chosen on validation (the first checkpoint callback: trainer.test's "best"), and last.ckpt, written
+    every epoch for resume= (Lightning's save_last writes it only in epochs that improve on the best)."""
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=objective.monitor, mode=objective.mode)
+    return best, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+
+
 def build_callback(name: str, node: DictConfig) -> L.Callback:
     """One callback of conf/callbacks/; keys set for a callback the chosen option does not have are refused."""
     if "_target_" not in node:
@@ -175,7 +187,7 @@ def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: 
     return {"val/best_acc": best_acc}
 
 
-@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run one job and return its best validation accuracy (the value a sweeper such as Optuna maximises); a
     user's mistake ends it with one line on stderr and exit status 2."""

@@ -1,0 +1,81 @@
+"""Fitted nets as MLflow models: each run's best-on-validation net logged as an MLflow 3 LoggedModel (signature,
+input example, its final metrics linked by `model_id`), so the run's "Logged models" and the experiment's Models tab
+show it and `mlflow.pytorch.load_model` brings it back without our code."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from torch import Tensor, nn
+
+from shallowmimic.data import ArrayDataModule
+from shallowmimic.run import Run
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_TAG = "model_id"  # the run's tag pointing at its LoggedModel
+EXAMPLE_ROWS = 2
+
+
+def using_store(client: MlflowClient) -> AbstractContextManager[None]:
+    """The global tracking URI pointed at the client's store for a block: MLflow's fluent log_model, and its
+    registry's check of a models:/ source, read the global one whatever client calls them."""
+    return _use_tracking_uri(client._tracking_client.tracking_uri)
+
+
+def best_net(net: nn.Module, checkpoint_path: str | Path) -> nn.Module:
+    """A CPU copy of `net` in eval mode holding the checkpoint's weights (the LightningModule keeps it as `net.`)."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+    out = copy.deepcopy(net).cpu()
+    out.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return out.eval().requires_grad_(False)
+
+
+def record_model(run: Run, checkpoint_path: str | Path, net: nn.Module, dm: ArrayDataModule, tags: dict[str, str],
+                 metrics: dict[str, float]) -> str | None:
+    """Rank 0 logs the best-on-validation checkpoint's net as the run's model; its examples are validation rows."""
+    if not run.writer:
+        return None
+    return log_net(run.client, run.run_id, best_net(net, checkpoint_path), dm.splits["val"]["x"], tags, metrics)
+
+
+def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, tags: dict[str, str],
+            metrics: dict[str, float]) -> str:
+    """Log `net` (CPU, eval mode) as the run's LoggedModel with a signature inferred on `example` rows; link the
+    run's final `metrics` to it; return its model id."""
+    x = example[:EXAMPLE_ROWS].detach().cpu().float()
+    with torch.no_grad():
+        logits = net(x)
+    signature = infer_signature(x.numpy(), logits.numpy())
+    experiment_id = client.get_run(run_id).info.experiment_id
+    # named by role and variant (e.g. mimic-w1024-k32), so the Models tab tells them apart
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "", "-".join([tags.get("role", "net"), *tags.get("variant", "").split()]))
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags,
+                                       model_type=tags.get("role"))
+    with using_store(client):
+        # pt2 (torch.export): loads without our classes and without unpickling code. Requirements given: MLflow would
+        # infer them in a subprocess (seconds), and warn about torch's local label (+cpu), which pip cannot install
+        mlflow.pytorch.log_model(net, name=name, model_id=model.model_id, run_id=run_id, signature=signature,
+                                 input_example=x.numpy(), serialization_format="pt2",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    client.log_batch(run_id, metrics=[linked(client, run_id, key, model.model_id) for key in metrics])
+    client.set_tag(run_id, MODEL_ID_TAG, model.model_id)
+    return model.model_id
+
+
+def linked(client: MlflowClient, run_id: str, key: str, model_id: str) -> Metric:
+    """The run's latest point of metric `key`, at its own step and time, now naming the model it measures (as
+    MLflow does for metrics logged before the model): the run's history keeps one point."""
+    last = max(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return Metric(key, last.value, last.timestamp, last.step, run_id=run_id, model_id=model_id)

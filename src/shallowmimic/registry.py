@@ -1,0 +1,135 @@
+"""The MLflow model registry: a sweep's best net of each role, chosen on validation, registered as
+`<dataset>-<role>` with the alias `champion`, and the teacher it learned from as `<dataset>-teacher`; and the other
+way, a registered model's URI (`teacher.model=models:/mnist1d-teacher@champion`) resolved to the run behind it.
+
+    python -m shallowmimic.registry                   # the newest sweep (`make register`)
+    python -m shallowmimic.registry --parent RUN_ID   # one sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow import MlflowClient
+from mlflow.entities import Run as MlflowRun
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig
+
+from shallowmimic import project_root
+from shallowmimic.errors import BadValue, UserError
+from shallowmimic.models import MODEL_ID_TAG, using_store
+from shallowmimic.report import fetch_runs
+
+ALIAS = "champion"
+SELECT_ON = "val/best_acc"  # never a test metric: the test split is looked at once, for the report
+
+
+def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersion:
+    """A new version of registered model `name` from the run's logged model, aliased `champion`."""
+    model_id = run.data.tags.get(MODEL_ID_TAG)
+    if model_id is None:
+        raise UserError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID_TAG}); retrain it to register it")
+    try:
+        client.create_registered_model(name, tags={"role": run.data.tags.get("role", "")})
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        current = client.get_registered_model(name).aliases.get(ALIAS)
+        if current is not None and client.get_model_version(name, current).run_id == run.info.run_id:
+            return client.get_model_version(name, current)  # already the champion: no second version of it
+    tags = {"variant": run.data.tags.get("variant", ""), SELECT_ON: str(run.data.metrics.get(SELECT_ON))}
+    with using_store(client):
+        version = client.create_model_version(name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
+                                              tags=tags)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return version
+
+
+def best_by_role(runs: list[MlflowRun]) -> dict[str, MlflowRun]:
+    """Each role's run with the best validation accuracy (the ones with a logged model)."""
+    best: dict[str, MlflowRun] = {}
+    for run in runs:
+        role = run.data.tags.get("role")
+        if role and MODEL_ID_TAG in run.data.tags and SELECT_ON in run.data.metrics and (
+                role not in best or run.data.metrics[SELECT_ON] > best[role].data.metrics[SELECT_ON]):
+            best[role] = run
+    return best
+
+
+def register_sweep(client: MlflowClient, experiment: str, parent: str | None = None) -> dict[str, ModelVersion]:
+    """Register the sweep's best net of each role, and the teacher of its best student (not an ensemble's)."""
+    runs, parent = fetch_runs(client, experiment, parent, everything=False)
+    teachers = {r.info.run_id: r for r in runs if r.data.tags.get("role") == "teacher"}
+    best = best_by_role([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent])
+    students = [best[role] for role in ("mimic", "kd") if role in best]
+    if "teacher" not in best and students:
+        ids = max(students, key=lambda r: r.data.metrics[SELECT_ON]).data.tags.get("teacher_run_id", "")
+        if "," not in ids and ids in teachers:
+            best["teacher"] = teachers[ids]
+    versions = {role: register_run(client, run, f"{experiment}-{role}") for role, run in best.items()}
+    for version in versions.values():  # `make register` and a sweep with register=true both say what they did
+        print(f"registered {version.name} version {version.version} as @{ALIAS} (run {version.run_id})")
+    return versions
+
+
+def maybe_register(cfg: DictConfig, client: MlflowClient, run_id: str) -> None:
+    """register=true on a single job: register its net as `<dataset>-<role>` (a sweep registers its best at the
+    end instead, tracking.SweepParentRun)."""
+    if not cfg.get("register") or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    run = client.get_run(run_id)
+    version = register_run(client, run, f"{cfg.data.name}-{cfg.role}")
+    print(f"registered {version.name} version {version.version} as @{ALIAS}")
+
+
+def teacher_run_id(client: MlflowClient, uri: str) -> str:
+    """The run behind a model URI: models:/<name>@<alias>, models:/<name>/<version>, or models:/<model id>."""
+    body = uri.removeprefix("models:/") if isinstance(uri, str) else ""
+    try:
+        if "@" in body:
+            return client.get_model_version_by_alias(*body.split("@", 1)).run_id
+        if "/" in body:
+            return client.get_model_version(*body.split("/", 1)).run_id
+        if body:
+            return client.get_logged_model(body).source_run_id
+    except MlflowException as err:
+        raise UserError(f"teacher.model={uri}: not in the registry ({err.message.splitlines()[0]}); register one "
+                        "with `make register` or `register=true`") from None
+    raise BadValue("teacher.model", uri, "null or a model URI: models:/<name>@<alias>, models:/<name>/<version> "
+                   "or models:/<model id>")
+
+
+def teacher_ids_from_model(client: MlflowClient, teacher_cfg: DictConfig) -> list[str]:
+    """teacher.model's run as the teacher (a one-member list), or none when it is not set."""
+    uri = teacher_cfg.get("model")
+    if uri is None:
+        return []
+    if teacher_cfg.run_id is not None:
+        raise BadValue("teacher.model", uri, "null when teacher.run_id names the teacher (give one of the two)")
+    return [teacher_run_id(client, uri)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Register the newest (or a given) sweep's best nets; print what was registered."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="mnist1d", help="MLflow experiment (one per dataset)")
+    parser.add_argument("--parent", help="run id of a sweep's parent run (default: the newest sweep)")
+    parser.add_argument("--tracking-uri", default=os.environ.get(
+        "MLFLOW_TRACKING_URI", f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}"))
+    args = parser.parse_args(argv)
+    client = MlflowClient(args.tracking_uri)
+    try:
+        versions = register_sweep(client, args.experiment, args.parent)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if versions else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
