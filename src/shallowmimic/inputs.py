@@ -5,9 +5,12 @@ same data show the same digest."""
 
 from __future__ import annotations
 
+import time
+
 import mlflow.data
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +19,7 @@ from shallowmimic.data import ArrayDataModule
 from shallowmimic.run import Run
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing", "transfer": "training"}
+ATTEMPTS = 4
 PLUMBING = ("cache_dir", "batch_size", "eval_batch_size", "shuffle_seed")  # keys that do not change the data
 
 
@@ -47,5 +51,16 @@ def datasets(dm: ArrayDataModule, data_cfg: DictConfig) -> list[DatasetInput]:
 
 def log_datasets(run: Run, dm: ArrayDataModule, data_cfg: DictConfig) -> None:
     """Rank 0 logs the run's dataset inputs, once (a resumed run has them already)."""
-    if run.writer and not run.resumed:
-        run.client.log_inputs(run.run_id, datasets=datasets(dm, data_cfg))
+    if not run.writer or run.resumed:
+        return
+    inputs = datasets(dm, data_cfg)
+    for attempt in range(ATTEMPTS):
+        try:
+            run.client.log_inputs(run.run_id, datasets=inputs)
+            return
+        except MlflowException:
+            # parallel jobs on the same data race to insert the same dataset row (a UNIQUE constraint in a SQL
+            # store); the retry finds the row the other job wrote and links to it
+            if attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
