@@ -47,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm = build("data", cfg.data)
+    dm.steps_per_batch = cfg.loop.steps_per_batch
     dm.setup()
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
@@ -67,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits")
         run.params({"data.n_train_rows": dm.n_train_rows})
 
-        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
+        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
         # best.ckpt: chosen on validation; last.ckpt: written every epoch, for resume=
         checkpoint = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="best", save_last=True,
                                      monitor=objective.monitor, mode=objective.mode)
