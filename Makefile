@@ -73,7 +73,7 @@ paper: install  ## the paper's study: Figures 1-3, bottleneck, controls, inferen
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.report $(ARGS)
 
-bench: install  ## throughput: plain loop vs our Lightning path, cached vs online teacher, GFLOP/s (ARGS="--width 8192")
+bench: install  ## throughput: plain loop vs our Lightning path vs the full train path, interleaved (ARGS="--extras")
 	$(PY) -m shallowmimic.bench $(ARGS)
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
