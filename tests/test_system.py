@@ -3,6 +3,7 @@
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from shallowmimic.data import InMemoryLoader
 from shallowmimic.nets import ShallowNet
 from shallowmimic.objectives import labels_loss, mimic_loss
 from shallowmimic.system import System
+from shallowmimic.teacher import _logits, teacher_device
 
 
 def test_mimic_loss_is_the_papers_formula() -> None:
@@ -74,3 +76,11 @@ def test_loader_items_are_chunks_of_the_same_batches() -> None:
     assert [[b["x"].tolist() for b in item] for item in chunked] == [flat[:3], flat[3:]]
     moved = InMemoryLoader(data, 3, shuffle=False).to("meta")
     assert moved.tensors["x"].device.type == "meta" and data["x"].device.type == "cpu"  # the caller's stay
+
+
+def test_the_teacher_runs_on_the_trainers_device_in_batches() -> None:
+    assert teacher_device("cpu").type == "cpu"
+    assert teacher_device("gpu").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    net, x = torch.nn.Linear(4, 3), torch.randn(10, 4)
+    out = _logits(net, x, batch_size=3, device=teacher_device("gpu"))
+    assert out.dtype == np.float32 and np.allclose(out, net(x).detach().numpy(), atol=1e-6)  # the cached format
