@@ -19,12 +19,13 @@ EXTRAS = ["cached_sps", "online_sps", "ratio_cached_online", "gflops", "matmul_g
 def test_bench_records_one_finished_run_per_shape(store_uri: str, outputs: Path, client: MlflowClient,
                                                   capsys: pytest.CaptureFixture) -> None:
     rows = main(["--shape", "in=40,w=64,k=none,b=256,n=2000", "in=12,w=64,k=4,b=128,n=1000", "--repeats", "2",
-                 "--min-seconds", "0.01", "--extras", "--online-steps", "3", "--matmul-seconds", "0.01",
+                 "--min-seconds", "0.01", "--extras", "--profile", "--online-steps", "3", "--matmul-seconds", "0.01",
                  "--tracking-uri", store_uri, "--outputs", str(outputs)])
     assert [name for name, _ in rows] == ["in=40,w=64,k=none,b=256,n=2000 w=64 b=256",
                                           "in=12,w=64,k=4,b=128,n=1000 w=64 k=4 b=128"]
     printed = capsys.readouterr().out
     assert "(b)/(a)" in printed and "(c)/(a)" in printed and "load average" in printed
+    assert "SimpleProfiler" in printed and "run_training_epoch" in printed
 
     runs = {r.data.params["in_dim"]: r for r in runs_of(client)}
     assert set(runs) == {"40", "12"}
@@ -39,6 +40,7 @@ def test_bench_records_one_finished_run_per_shape(store_uri: str, outputs: Path,
         # (c) logged each epoch into the bench run, as train.py does, and wrote the checkpoints train.py writes
         assert "train/loss" in m and "val/logit_mse" in m
         assert (outputs / "bench" / run.info.run_id / "checkpoints" / "last.ckpt").is_file()
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["fit-profile.txt"]
     assert runs["12"].data.params["rank"] == "4" and runs["40"].data.params["rank"] == "None"
     assert runs["12"].data.params["n_inputs"] == "1000" and runs["12"].data.params["batch_size"] == "128"
 

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: as train.py, outputs/mlflow.db)")
     p.add_argument("--outputs", default=None, help="outputs folder (default: the project's outputs/)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="Hydra overrides of the composed train config, e.g. loop.steps_per_batch=32 loop.compile=true")
+    p.add_argument("--profile", action="store_true", help="also one (b) fit under Lightning's SimpleProfiler")
     p.add_argument("--extras", action="store_true", help="also cached vs online targets, and GFLOP/s vs a matmul")
     p.add_argument("--online-steps", type=int, default=100, help="--extras: steps per epoch, cached vs online")
     p.add_argument("--matmul-seconds", type=float, default=0.5, help="--extras: time spent measuring the matmul")
@@ -94,16 +97,23 @@ def measure(shape: Shape, args: argparse.Namespace, run_id: str, cfg: object) ->
         metrics |= {f"bench/{key}": s.median, f"bench/{key}_low": s.low, f"bench/{key}_high": s.high}
     if args.extras:
         metrics |= extras(cfg, data, spreads["plain"].median, args.online_steps, args.matmul_seconds)
+    if args.profile:  # where (b)'s time goes, by Lightning hook: logged with the run, its head printed
+        lightning_sps(cfg, data, run_id, epochs, profile=run_dir)
+        report = run_dir / "fit-profile.txt"
+        open_store(cfg.logger)[0].log_artifact(run_id, str(report))
+        head = "\n".join(report.read_text().splitlines()[:24])
+        print(f"\n{shape.name}: Lightning's SimpleProfiler of one (b) fit\n{head}")
     return metrics
 
 
 def bench_one(shape: Shape, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
     """Measure one shape as a role=bench MLflow run; return its name and metrics."""
-    cfg = bench_config(shape.width, shape.rank, shape.batch, args.tracking_uri, args.outputs)
+    cfg = bench_config(shape.width, shape.rank, shape.batch, args.tracking_uri, args.outputs, args.set)
     client, experiment_id = open_store(cfg.logger)
     params = {"shape": shape.name, "in_dim": str(shape.in_dim), "width": str(shape.width), "rank": str(shape.rank),
               "batch_size": str(shape.batch), "n_inputs": str(shape.inputs), "repeats": str(args.repeats),
-              "torch_threads": str(torch.get_num_threads()), "steps_per_batch": str(cfg.loop.steps_per_batch),
+              "torch_threads": str(torch.get_num_threads()), "overrides": " ".join(args.set),
+              "steps_per_batch": str(cfg.loop.steps_per_batch), "compile": str(cfg.loop.compile),
               "n_params": str(n_params(make_net(cfg, shape.in_dim)))}
     tags = {"role": "bench", "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
             "inputs": "random", "variant": variant(cfg), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -39,10 +39,11 @@ def random_data(n: int, in_dim: int = 40, seed: int = 0) -> Batch:
 
 
 def bench_config(width: int, rank: int | None, batch_size: int, tracking_uri: str | None = None,
-                 outputs: str | None = None) -> DictConfig:
-    """The real conf/train.yaml composed for a mimic of this shape (what `train experiment=mimic ...` runs)."""
+                 outputs: str | None = None, extra: list[str] | None = None) -> DictConfig:
+    """The real conf/train.yaml composed for a mimic of this shape (what `train experiment=mimic ...` runs), with
+    `extra` Hydra overrides (e.g. loop.steps_per_batch=32)."""
     overrides = ["experiment=mimic", f"model.width={width}", f"model.rank={'null' if rank is None else rank}",
-                 f"data.batch_size={batch_size}"]
+                 f"data.batch_size={batch_size}", *(extra or [])]
     overrides += [f"logger.tracking_uri={tracking_uri}"] if tracking_uri else []
     overrides += [f"paths.outputs={outputs}"] if outputs else []
     return compose_train(overrides)
@@ -120,9 +121,10 @@ class Throughput(Callback):
 
 
 def lightning_sps(cfg: DictConfig, data: Batch, run_id: str, epochs: int, val: Batch | None = None,
-                  run_dir: Path | None = None) -> float:
+                  run_dir: Path | None = None, profile: Path | None = None) -> float:
     """Samples/s of our path, logging into run `run_id`: (b) training only, or (c) with `val` and `run_dir`, the
-    validation pass, checkpoints and per-epoch MLflow logging that train.py adds."""
+    validation pass, checkpoints and per-epoch MLflow logging that train.py adds. `profile`: Lightning's
+    SimpleProfiler (time per hook and loop stage) writes its table to `<profile>/fit-profile.txt`."""
     system = System(make_net(cfg, data["x"].shape[1]), mimic_loss, instantiate(cfg.optimizer), NUM_CLASSES,
                     compile=cfg.loop.compile)
     loader = InMemoryLoader(data, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed,
@@ -137,6 +139,9 @@ def lightning_sps(cfg: DictConfig, data: Batch, run_id: str, epochs: int, val: B
     cfg = cfg.copy()
     with open_dict(cfg):  # (b) checkpoints nothing: Lightning would otherwise add its default ModelCheckpoint
         cfg.trainer.max_epochs, cfg.trainer.enable_checkpointing = epochs, full
+        if profile is not None:
+            cfg.trainer.profiler = {"_target_": "lightning.pytorch.profilers.SimpleProfiler", "dirpath": str(profile),
+                                    "filename": "profile"}
     trainer = make_trainer(cfg, run_id, callbacks, run_dir or Path(cfg.paths.outputs) / "bench")
     val_loader = InMemoryLoader(val, cfg.data.eval_batch_size, shuffle=False) if val is not None else None
     trainer.fit(system, train_dataloaders=loader, val_dataloaders=val_loader)
