@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
     print(table(["shape", *(h for h, _, _ in COLUMNS), "epoch s (a)", "epoch s (c)"], cells))
     print("(a) plain PyTorch loop; (b) our Lightning path, training only; (c) the full path of `train` (validation, "
           "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios paired by repeat.")
+    busiest = max(float(m["bench/load_1m"]) for _, m in rows)
+    if busiest > (os.cpu_count() or 1) / 2:  # other jobs took cores: spreads widen, threads spin-wait on each other
+        print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: other work shared the machine, "
+              "so these figures are noisy (see the spreads); rerun on a quiet machine or with --threads 1")
     if args.extras:
         print(table(["shape", "cached/online", "GFLOP/s", "matmul GFLOP/s", "(d) ratio"], [
             [n, f"{m['bench/ratio_cached_online']:.2f}", f"{m['bench/gflops']:.1f}", f"{m['bench/matmul_gflops']:.1f}",
