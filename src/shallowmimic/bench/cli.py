@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
     busiest = max(float(m["bench/load_1m"]) for _, m in rows)
     if busiest > (os.cpu_count() or 1) / 2:  # other jobs took cores: spreads widen, threads spin-wait on each other
         print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: other work shared the machine, "
-              "so these figures are noisy (see the spreads); rerun on a quiet machine or with --threads 1")
+              "so these figures are noisy (see the spreads); rerun on a quiet machine"
+              + (" or with --threads 1" if torch.get_num_threads() > 1 else ""))
     if args.extras:
         print(table(["shape", "cached/online", "GFLOP/s", "matmul GFLOP/s", "(d) ratio"], [
             [n, f"{m['bench/ratio_cached_online']:.2f}", f"{m['bench/gflops']:.1f}", f"{m['bench/matmul_gflops']:.1f}",
