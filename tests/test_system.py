@@ -84,3 +84,19 @@ def test_the_teacher_runs_on_the_trainers_device_in_batches() -> None:
     net, x = torch.nn.Linear(4, 3), torch.randn(10, 4)
     out = _logits(net, x, batch_size=3, device=teacher_device("gpu"))
     assert out.dtype == np.float32 and np.allclose(out, net(x).detach().numpy(), atol=1e-6)  # the cached format
+
+
+def test_train_and_val_sets_go_to_the_training_device_once() -> None:
+    moved: list[str] = []
+
+    class Recording(InMemoryLoader):
+        def to(self, device: torch.device | str) -> InMemoryLoader:
+            moved.append(f"{'train' if self.shuffle else 'val'}:{torch.device(device).type}")
+            return super().to(device)
+
+    data = {"x": torch.randn(64, 8), "z": torch.randn(64, 3)}
+    system = System(ShallowNet(8, 3, width=8), mimic_loss, partial(torch.optim.Adam, lr=1e-2), 3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(system, Recording(data, 16, shuffle=True, steps=2), Recording(data, 32, shuffle=False))
+    assert sorted(moved) == ["train:cpu", "val:cpu"]  # at the start of the fit, not per epoch or step
