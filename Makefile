@@ -76,7 +76,7 @@ report: install  ## print the table of the newest sweep (or pipeline) in the sto
 register: install  ## register the newest sweep's best net of each role (on validation) and its teacher, as @champion
 	$(PY) -m shallowmimic.registry $(ARGS)
 
-bench: install  ## throughput: plain loop vs our Lightning path, cached vs online teacher, GFLOP/s (ARGS="--width 8192")
+bench: install  ## throughput: plain loop vs our Lightning path vs the full train path, interleaved (ARGS="--extras")
 	$(PY) -m shallowmimic.bench $(ARGS)
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)

@@ -6,42 +6,64 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from shallowmimic.bench import linear_macs, main, plain_sps, random_data
+from shallowmimic.bench import SHAPES, linear_macs, main, parse_shape, plain_sps, random_data
+from shallowmimic.bench.timing import interleaved, paired_ratios
 from shallowmimic.nets import CNN1D, ShallowNet
 
 from .conftest import runs_of
 
-METRICS = ["bench/plain_sps", "bench/lightning_sps", "bench/ratio_lightning_plain", "bench/cached_sps",
-           "bench/online_sps", "bench/ratio_cached_online", "bench/gflops", "bench/matmul_gflops",
-           "bench/ratio_gflops_matmul", "bench/peak_rss_mb"]
+CONTENDERS = ["plain_sps", "lightning_sps", "full_sps", "ratio_lightning_plain", "ratio_full_plain"]
+EXTRAS = ["cached_sps", "online_sps", "ratio_cached_online", "gflops", "matmul_gflops", "ratio_gflops_matmul"]
 
 
 def test_bench_records_one_finished_run_per_shape(store_uri: str, outputs: Path, client: MlflowClient,
                                                   capsys: pytest.CaptureFixture) -> None:
-    rows = main(["--width", "64", "--rank", "none", "4", "--batch-size", "256", "--inputs", "2000", "--epochs", "2",
-                 "--online-steps", "3", "--matmul-seconds", "0.01",
+    rows = main(["--shape", "in=40,w=64,k=none,b=256,n=2000", "in=12,w=64,k=4,b=128,n=1000", "--repeats", "2",
+                 "--min-seconds", "0.01", "--extras", "--profile", "--online-steps", "3", "--matmul-seconds", "0.01",
                  "--tracking-uri", store_uri, "--outputs", str(outputs)])
-    assert [name for name, _ in rows] == ["w=64 b=256", "w=64 k=4 b=256"]
+    assert [name for name, _ in rows] == ["in=40,w=64,k=none,b=256,n=2000 w=64 b=256",
+                                          "in=12,w=64,k=4,b=128,n=1000 w=64 k=4 b=128"]
     printed = capsys.readouterr().out
-    assert "(b)/(a)" in printed and "w=64 k=4 b=256" in printed
+    assert "(b)/(a)" in printed and "(c)/(a)" in printed and "load average" in printed
+    assert "SimpleProfiler" in printed and "run_training_epoch" in printed
 
-    runs = {r.info.run_name: r for r in runs_of(client)}
-    assert set(runs) == {"bench w=64 b=256", "bench w=64 k=4 b=256"}
+    runs = {r.data.params["in_dim"]: r for r in runs_of(client)}
+    assert set(runs) == {"40", "12"}
     for run in runs.values():
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["role"] == "bench"
-        assert run.data.params["width"] == "64" and run.data.params["batch_size"] == "256"
-        assert run.data.params["n_inputs"] == "2000"
-        assert run.data.params["torch_threads"] == str(torch.get_num_threads())
+        assert run.info.status == "FINISHED" and run.data.tags["role"] == "bench"
+        assert run.data.params["repeats"] == "2" and run.data.params["torch_threads"] == str(torch.get_num_threads())
         m = run.data.metrics
-        assert all(m[k] > 0 for k in METRICS)
-        # the ratios are made from the measured numbers
-        assert m["bench/ratio_lightning_plain"] == pytest.approx(m["bench/lightning_sps"] / m["bench/plain_sps"])
-        assert m["bench/ratio_cached_online"] == pytest.approx(m["bench/cached_sps"] / m["bench/online_sps"])
+        assert all(m[f"bench/{k}"] > 0 for k in CONTENDERS + EXTRAS)
+        for key in CONTENDERS:  # a median lies within its spread
+            assert m[f"bench/{key}_low"] <= m[f"bench/{key}"] <= m[f"bench/{key}_high"]
         assert m["bench/ratio_gflops_matmul"] == pytest.approx(m["bench/gflops"] / m["bench/matmul_gflops"])
-        assert "train/loss" in m  # Lightning's MLFlowLogger wrote into the same run, as in train.py
-    assert runs["bench w=64 k=4 b=256"].data.params["rank"] == "4"
-    assert runs["bench w=64 b=256"].data.params["rank"] == "None"
+        # (c) logged each epoch into the bench run, as train.py does, and wrote the checkpoints train.py writes
+        assert "train/loss" in m and "val/logit_mse" in m
+        assert (outputs / "bench" / run.info.run_id / "checkpoints" / "last.ckpt").is_file()
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["fit-profile.txt"]
+    assert runs["12"].data.params["rank"] == "4" and runs["40"].data.params["rank"] == "None"
+    assert runs["12"].data.params["n_inputs"] == "1000" and runs["12"].data.params["batch_size"] == "128"
+
+
+def test_shapes_are_presets_or_specs() -> None:
+    assert parse_shape("paper") == SHAPES["paper"]
+    assert (SHAPES["paper"].in_dim, SHAPES["paper"].rank, SHAPES["paper"].width) == (1845, 250, 8192)
+    changed = parse_shape("paper:n=100,b=64")
+    assert (changed.in_dim, changed.inputs, changed.batch) == (1845, 100, 64)
+    assert parse_shape("w=32,k=none").rank is None and parse_shape("w=32,k=none").in_dim == 40
+
+
+def test_contenders_run_interleaved_and_ratios_are_paired() -> None:
+    order: list[str] = []
+    values = {"a": [2.0, 4.0], "b": [1.0, 4.0]}
+
+    def contender(name: str):  # noqa: ANN202
+        return lambda: order.append(name) or values[name][len([o for o in order if o == name]) - 1]
+
+    results = interleaved({"a": contender("a"), "b": contender("b")}, repeats=2)
+    assert order == ["a", "b", "a", "b"] and results == values
+    ratio = paired_ratios(results, over="a")["b"]
+    assert (ratio.median, ratio.low, ratio.high) == (0.75, 0.5, 1.0)  # repeat by repeat, not medians' ratio
 
 
 def test_flops_count_the_linear_layers() -> None:

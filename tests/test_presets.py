@@ -11,7 +11,9 @@ from shallowmimic.train import train
 from .conftest import runs_of
 from .test_datasets import tiny_files
 
-ONE_BATCH = ["+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "trainer.max_epochs=1"]
+# a loader item is loop.steps_per_batch batches: one step here
+ONE_BATCH = ["+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "trainer.max_epochs=1",
+             "loop.steps_per_batch=1"]
 
 # preset folder -> (data config, [(preset, extra overrides, role, params the preset must have set)])
 PRESETS = {

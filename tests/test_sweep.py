@@ -55,6 +55,18 @@ def test_parallel_sweep_loses_no_run(cli, client: MlflowClient, n_jobs: int) -> 
     assert {r.info.status for r in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
 
 
+def test_submitit_sweep_runs_each_job_in_its_own_process_and_nests_them(cli, client: MlflowClient, outputs) -> None:
+    # the cluster path (hydra/launcher=slurm) with submitit's local executor: jobs pickled, run and collected by
+    # submitit in processes of their own, as on SLURM nodes
+    proc = cli("-m", "experiment=baseline", "model.width=8,16", "hydra/launcher=submitit_local", "threads=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parent, kids = children(client)
+    assert sorted(int(r.data.params["model.width"]) for r in kids) == [8, 16]
+    assert {r.info.status for r in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
+    (sweep_dir,) = (outputs / "multiruns").iterdir()
+    assert list(sweep_dir.glob(".submitit/*/*_log.err"))  # submitit ran them, not Hydra's basic launcher
+
+
 def test_optuna_sweep_maximises_validation_accuracy(cli, client: MlflowClient, outputs) -> None:
     proc = cli("-m", "experiment=baseline", "model.width=16", "sweep=lr_optuna", "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,8 +1,17 @@
 """The objectives and the LightningModule's metrics."""
 
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
 import torch
 
+from shallowmimic.data import InMemoryLoader
+from shallowmimic.nets import ShallowNet
 from shallowmimic.objectives import labels_loss, mimic_loss
+from shallowmimic.system import System
+from shallowmimic.teacher import _logits, teacher_device
 
 
 def test_mimic_loss_is_the_papers_formula() -> None:
@@ -22,3 +31,72 @@ def test_labels_loss_is_cross_entropy() -> None:
     y = torch.tensor([0, 1])
     expected = (-torch.log_softmax(logits, 1)[[0, 1], [0, 1]]).mean()
     assert torch.isclose(labels_loss(logits, {"y": y}), expected)
+
+
+def fit_tiny(steps: int, x: torch.Tensor | None = None, compile: bool = False) -> tuple[System, L.Trainer]:
+    """One epoch of a tiny mimic on CPU, the loader serving `steps` batches per item."""
+    g = torch.Generator().manual_seed(0)
+    data = {"x": torch.randn(200, 8, generator=g) if x is None else x, "z": torch.randn(200, 3, generator=g),
+            "y": torch.randint(0, 3, (200,), generator=g)}
+    torch.manual_seed(0)
+    system = System(ShallowNet(8, 3, width=16), mimic_loss, partial(torch.optim.Adam, lr=1e-2), 3, compile=compile)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(system, train_dataloaders=InMemoryLoader(data, 32, shuffle=True, steps=steps))
+    return system, trainer
+
+
+def test_several_steps_per_loader_item_train_exactly_as_one_per_item() -> None:
+    (one, t1), (four, t4) = fit_tiny(1), fit_tiny(4)
+    assert t1.global_step == t4.global_step == 7  # ceil(200 / 32) optimizer steps either way
+    for key, value in one.state_dict().items():
+        assert torch.equal(value, four.state_dict()[key]), key
+    # the epoch mean weights each step by its rows, however they were grouped
+    assert float(t1.callback_metrics["train/loss"]) == pytest.approx(float(t4.callback_metrics["train/loss"]))
+
+
+def test_a_non_finite_loss_stops_the_fit() -> None:
+    x = torch.randn(200, 8)
+    x[100] = float("inf")
+    with pytest.raises(FloatingPointError, match="train/loss is"):
+        fit_tiny(4, x=x)
+
+
+def test_compile_switch_trains() -> None:
+    system, trainer = fit_tiny(4, compile=True)
+    assert trainer.global_step == 7 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not any("_orig_mod" in k for k in system.state_dict())  # checkpoints keep the plain net's keys
+
+
+def test_loader_items_are_chunks_of_the_same_batches() -> None:
+    data = {"x": torch.arange(10)}
+    flat = [b["x"].tolist() for b in InMemoryLoader(data, 3, shuffle=False)]
+    chunked = InMemoryLoader(data, 3, shuffle=False, steps=3)
+    assert len(chunked) == 2 and chunked.steps_per_epoch == 4
+    assert [[b["x"].tolist() for b in item] for item in chunked] == [flat[:3], flat[3:]]
+    moved = InMemoryLoader(data, 3, shuffle=False).to("meta")
+    assert moved.tensors["x"].device.type == "meta" and data["x"].device.type == "cpu"  # the caller's stay
+
+
+def test_the_teacher_runs_on_the_trainers_device_in_batches() -> None:
+    assert teacher_device("cpu").type == "cpu"
+    assert teacher_device("gpu").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    net, x = torch.nn.Linear(4, 3), torch.randn(10, 4)
+    out = _logits(net, x, batch_size=3, device=teacher_device("gpu"))
+    assert out.dtype == np.float32 and np.allclose(out, net(x).detach().numpy(), atol=1e-6)  # the cached format
+
+
+def test_train_and_val_sets_go_to_the_training_device_once() -> None:
+    moved: list[str] = []
+
+    class Recording(InMemoryLoader):
+        def to(self, device: torch.device | str) -> InMemoryLoader:
+            moved.append(f"{'train' if self.shuffle else 'val'}:{torch.device(device).type}")
+            return super().to(device)
+
+    data = {"x": torch.randn(64, 8), "z": torch.randn(64, 3)}
+    system = System(ShallowNet(8, 3, width=8), mimic_loss, partial(torch.optim.Adam, lr=1e-2), 3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(system, Recording(data, 16, shuffle=True, steps=2), Recording(data, 32, shuffle=False))
+    assert sorted(moved) == ["train:cpu", "val:cpu"]  # at the start of the fit, not per epoch or step

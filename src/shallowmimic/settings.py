@@ -39,6 +39,8 @@ def check(cfg: DictConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise BadValue("seed", seed, "an integer from 0 to 2**32 - 1")
     checks.integer("threads", cfg.threads, optional=True)
+    checks.integer("loop.steps_per_batch", cfg.loop.steps_per_batch)
+    checks.flag("loop.compile", cfg.loop.compile)
     for key in ("outputs", "cache"):
         checks.writable_folder(f"paths.{key}", cfg.paths[key])
     checks.flag("reuse", cfg.get("reuse", True))

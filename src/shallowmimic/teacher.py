@@ -134,13 +134,21 @@ def load_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[n
     return net.eval().requires_grad_(False), weights_digest(weights)
 
 
+def teacher_device(accelerator: str) -> torch.device:
+    """Where the teacher runs over the transfer set: the GPU when the trainer trains on one, else the CPU."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
-def _logits(net: nn.Module, x: Tensor, batch_size: int = 4096) -> np.ndarray:
-    return torch.cat([net(part) for part in x.split(batch_size)]).numpy()
+def _logits(net: nn.Module, x: Tensor, batch_size: int = 4096, device: torch.device | str = "cpu") -> np.ndarray:
+    """The net's fp32 logits for `x`, run on `device` in large batches (each moved there as it is used)."""
+    net = net.to(device)
+    return torch.cat([net(part.to(device, non_blocking=True)).float().cpu() for part in x.split(batch_size)]).numpy()
 
 
-def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule,
-                   cache_dir: str | Path) -> tuple[dict[str, Tensor], str, bool]:
+def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_dir: str | Path,
+                   device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], str, bool]:
     """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
     data spec (deterministic, un-augmented inputs only), computed once. Returns (logits, file sha256, hit)."""
     key = spec_key({"teacher_weights": weights_sha, "data": dm.spec()})
@@ -149,7 +157,7 @@ def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule,
 
     def build() -> dict[str, np.ndarray]:
         log.info("running the teacher over %d inputs", sum(len(v) for v in inputs.values()))
-        return {split: _logits(net, x) for split, x in inputs.items()}
+        return {split: _logits(net, x, device=device) for split, x in inputs.items()}
 
     arrays, hit = cached(path, build)
     _check_rows(path, arrays, inputs)
@@ -162,14 +170,14 @@ def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Ten
         raise RuntimeError(f"logits cache {path} does not match the inputs it is keyed by; delete it")
 
 
-def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModule,
-                    cache_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModule, cache_dir: str | Path,
+                    device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
     """The teachers' logits for every split the student uses (the mean over the runs for an ensemble, as in the
     paper) and the student's lineage tags: members' weight digests, the targets' sha256, cache hit or miss."""
     members = [load_teacher(client, run, dm) for run in runs]
     digests = [digest for _, digest in members]
     if len(members) == 1:
-        logits, sha, hit = teacher_logits(*members[0], dm, cache_dir)
+        logits, sha, hit = teacher_logits(*members[0], dm, cache_dir, device)
     else:
         # the mean is cached too, keyed by the members' weights as a set (sorted: the order given does not matter,
         # and summing in one fixed order gives the same bits every time)
@@ -178,7 +186,7 @@ def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModu
         ordered = sorted(members, key=lambda m: m[1])
 
         def build() -> dict[str, np.ndarray]:
-            each = [teacher_logits(net, digest, dm, cache_dir)[0] for net, digest in ordered]
+            each = [teacher_logits(net, digest, dm, cache_dir, device)[0] for net, digest in ordered]
             return {split: mean_logits([m[split] for m in each]) for split in each[0]}
 
         arrays, hit = cached(path, build)

@@ -38,6 +38,7 @@ from shallowmimic.reuse import TAG, finished_run, reuse, reuse_key
 from shallowmimic.run import Run, variant
 from shallowmimic.system import System
 from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
+from shallowmimic.teacher import teacher_device as device_for
 from shallowmimic.teacher import teacher_ids as ids_of
 from shallowmimic.tracking import flat_params, open_store, redact
 from shallowmimic.usage import system_metrics
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm = build("data", cfg.data)
+    dm.steps_per_batch = cfg.loop.steps_per_batch
     dm.setup()
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
@@ -74,11 +76,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with run.closing():
         run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
         if teachers:
-            attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits")
+            attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits",
+                            device_for(cfg.trainer.accelerator))
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
 
-        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule)
+        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
         trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
                                     *system_metrics(cfg.logger, run)])
@@ -108,10 +111,10 @@ def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, e
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
-                    cache_dir: Path) -> None:
+                    cache_dir: Path, device: torch.device | str = "cpu") -> None:
     """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache before Lightning
     starts the other ranks, which find it there); record where they came from and how good the targets are."""
-    logits, cache_tags = ensemble_logits(client, teachers, dm, cache_dir)
+    logits, cache_tags = ensemble_logits(client, teachers, dm, cache_dir, device)  # on the trainer's device
     dm.attach_logits(logits)
     run.tags(cache_tags)
     run.params({"data.n_transfer": len(dm.transfer_inputs()), "data.n_duplicates_dropped": dm.n_duplicates_dropped})

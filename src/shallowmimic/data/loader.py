@@ -1,4 +1,4 @@
-"""Batches served from in-memory tensors, a batch at a time."""
+"""Batches served from in-memory tensors, a batch (or a chunk of several batches) at a time."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ class InMemoryLoader:
     """Serves batches sliced from in-memory tensors, a batch at a time (no per-sample collation).
 
     Shuffles with a generator seeded by (seed, epoch) so every DDP rank draws the same permutation, then each
-    rank takes its own stride of it.
+    rank takes its own stride of it. With `steps` > 1 each item is a list of up to `steps` consecutive batches
+    (the same batches, in the same order): the training step takes one optimizer step per batch, so Lightning's
+    per-item hooks run once for several steps. `to(device)` moves the tensors once, so slicing happens there.
     """
 
-    def __init__(self, tensors: Batch, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
+    def __init__(self, tensors: Batch, batch_size: int, shuffle: bool, seed: int = 0, steps: int = 1) -> None:
+        self.tensors, self.batch_size, self.shuffle, self.seed, self.steps = tensors, batch_size, shuffle, seed, steps
         self.epoch = 0
+
+    def to(self, device: torch.device | str) -> InMemoryLoader:
+        """Hold the tensors on `device` (a copy there; the caller's tensors stay where they are)."""
+        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return self
 
     def _rank_world(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -33,10 +40,15 @@ class InMemoryLoader:
             n -= n % world  # training: every rank takes the same number of steps, or DDP's all-reduce hangs
         return len(range(rank, n, world))
 
-    def __len__(self) -> int:
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches (optimizer steps, in training) per epoch on this rank."""
         return -(-self._n_local() // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __len__(self) -> int:
+        return -(-self.steps_per_epoch // self.steps)
+
+    def _batches(self) -> Iterator[Batch]:
         n = len(next(iter(self.tensors.values())))
         rank, world = self._rank_world()
         tensors = self.tensors
@@ -46,7 +58,21 @@ class InMemoryLoader:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
                 order = order[: n - n % world]
             order = order[rank::world]  # evaluation: strided, so every sample is scored exactly once
-            tensors = {k: v[order] for k, v in tensors.items()}  # one gather per epoch, then cheap views
+            device = next(iter(tensors.values())).device
+            tensors = {k: v[order.to(device)] for k, v in tensors.items()}  # one gather per epoch, then cheap views
         self.epoch += 1
         for i in range(0, len(next(iter(tensors.values()))), self.batch_size):
             yield {k: v[i : i + self.batch_size] for k, v in tensors.items()}
+
+    def __iter__(self) -> Iterator[Batch] | Iterator[list[Batch]]:
+        if self.steps == 1:
+            yield from self._batches()
+            return
+        chunk: list[Batch] = []
+        for batch in self._batches():
+            chunk.append(batch)
+            if len(chunk) == self.steps:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

@@ -27,6 +27,7 @@ class ArrayDataModule(L.LightningDataModule):
 
     transfers: tuple[str, ...] = ("train", "pool", "augment")  # the transfer sets this data can make
     split_keys: tuple[str, ...] = ("sha256", "val_size", "split_seed")  # the keys of spec() that fix the splits
+    steps_per_batch = 1  # training batches per loader item (train.py sets loop.steps_per_batch; System steps each)
 
     def __init__(self, name: str, arrays: Arrays | None = None, num_classes: int | None = None,
                  val_size: int = 5000, split_seed: int = 0, transfer: str = "train", transfer_size: int = 0,
@@ -173,7 +174,7 @@ class ArrayDataModule(L.LightningDataModule):
     def train_dataloader(self) -> InMemoryLoader:
         """Shuffled batches: labelled train split, or train + transfer with teacher logits once attached."""
         data = self.splits.get("mimic", self.splits["train"])
-        return InMemoryLoader(data, self.batch_size, shuffle=True, seed=self.shuffle_seed)
+        return InMemoryLoader(data, self.batch_size, shuffle=True, seed=self.shuffle_seed, steps=self.steps_per_batch)
 
     def val_dataloader(self) -> InMemoryLoader:
         return InMemoryLoader(self.splits["val"], self.eval_batch_size, shuffle=False)

@@ -1,0 +1,5 @@
+"""`python -m shallowmimic.bench`."""
+
+from shallowmimic.bench.cli import main
+
+main()
