@@ -4,7 +4,7 @@ import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
-from shallowmimic.train import train
+from shallowmimic.pipeline import train
 
 from .conftest import TINY_SHALLOW, runs_of
 
