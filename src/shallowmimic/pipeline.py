@@ -52,9 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
-    teachers = pick_teachers(cfg, objective, client, experiment_id, resume)  # none for label training
-    for teacher in teachers:
-        check_teacher(client, teacher, dm)
+    teachers = pick_teachers(cfg, objective, client, experiment_id, resume, dm)  # none for label training
 
     key = reuse_key(cfg, dm, [t.info.run_id for t in teachers])
     if (done := finished_run(cfg, client, experiment_id, key)) is not None:
@@ -68,8 +66,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with run.closing():
         run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
         if teachers:
-            attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits",
-                            device_for(cfg.trainer.accelerator))
+            attach_teachers(run, client, teachers, dm, cfg)
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
 
@@ -79,33 +76,43 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                     *system_metrics(cfg.logger, run)])
         run.relaunch_here([t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
-        metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
+        # the one look at test, with the best checkpoint (named: "best" would warn about our two checkpoint callbacks)
+        metrics = trainer.test(system, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
         metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
         record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
     if run.writer:
         maybe_register(cfg, client, run.run_id)
-        summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
+        print(f"[{name}] run {run.run_id}: {summary(metrics)} ({time.perf_counter() - started:.0f} s)")
     return metrics
 
 
+def summary(metrics: dict[str, float]) -> str:
+    """The job's last line: its test metrics and best validation accuracy."""
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
 def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, experiment_id: str,
-                  resume: Resume | None) -> list[MlflowRun]:
+                  resume: Resume | None, dm: ArrayDataModule) -> list[MlflowRun]:
     """The teacher runs a student learns from: those named, or the newest; a resumed student keeps its own. A
-    student without a teacher fails here, before any MLflow run exists."""
+    student without a teacher, or with one that does not fit its data, fails here, before any MLflow run exists."""
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
     ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(client, cfg.teacher)  # teacher.model: its run
     if resume is not None:
         ids = resume.teachers(ids)
-    return find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
+    teachers = find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
+    for teacher in teachers:
+        check_teacher(client, teacher, dm)
+    return teachers
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
-                    cache_dir: Path, device: torch.device | str = "cpu") -> None:
-    """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache before Lightning
-    starts the other ranks, which find it there); record where they came from and how good the targets are."""
+                    cfg: DictConfig) -> None:
+    """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache, on the trainer's
+    device, before Lightning starts the other ranks, which find it there); record where they came from and how good
+    the targets are."""
+    cache_dir, device = Path(cfg.paths.cache) / "logits", device_for(cfg.trainer.accelerator)
     logits, cache_tags = ensemble_logits(client, teachers, dm, cache_dir, device)  # on the trainer's device
     dm.attach_logits(logits)
     run.tags(cache_tags)
@@ -143,7 +150,7 @@ def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule,
 
 
 def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """best.ckpt, chosen on validation (the first checkpoint callback: trainer.test's "best"), and last.ckpt, written
+    """best.ckpt, chosen on validation (the one the test split sees), and last.ckpt, written
     every epoch for resume= (Lightning's save_last writes it only in epochs that improve on the best)."""
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor=objective.monitor, mode=objective.mode)
     return best, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
