@@ -24,13 +24,16 @@ from shallowmimic import project_root
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.models import MODEL_ID_TAG, using_store
 from shallowmimic.report import fetch_runs
+from shallowmimic.teacher import original
 
 ALIAS = "champion"
 SELECT_ON = "val/best_acc"  # never a test metric: the test split is looked at once, for the report
 
 
 def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersion:
-    """A new version of registered model `name` from the run's logged model, aliased `champion`."""
+    """A new version of registered model `name` from the run's logged model, aliased `champion` (a run reused in a
+    sweep registers the run it was reused from, which logged the model)."""
+    run = original(client, run)
     model_id = run.data.tags.get(MODEL_ID_TAG)
     if model_id is None:
         raise UserError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID_TAG}); retrain it to register it")
