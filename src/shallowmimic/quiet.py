@@ -25,6 +25,8 @@ WARNINGS = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # our System logs once per epoch (system.py), so the per-step logging interval never applies to it
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
+    # resume= continues in the interrupted run's dir, whose checkpoints/ holds its best.ckpt and last.ckpt
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
 ]
 
 
