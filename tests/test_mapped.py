@@ -5,12 +5,17 @@ in-memory path (an .npz of the same arrays)."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from mlflow import MlflowClient
 
+from shallowmimic.bench import main
 from shallowmimic.cache import digest_arrays
 from shallowmimic.data import FeaturesDataModule
 from shallowmimic.data.mapped import Concat, Standardised
 from shallowmimic.teacher import _logits
+
+from .conftest import runs_of
 
 RNG = np.random.default_rng(0)
 
@@ -93,3 +98,18 @@ def test_a_mapped_array_hashes_as_in_memory_and_stays_a_map(tmp_path: Path) -> N
     _, folder = write(tmp_path)
     dm = module(folder, tmp_path)
     assert isinstance(dm.unlabelled, np.memmap)
+
+
+def test_the_scale_bench_runs_at_a_tiny_size(store_uri: str, outputs: Path, client: MlflowClient,
+                                             capsys: pytest.CaptureFixture) -> None:
+    rows = main(["--scale", "2000", "--scale-dim", "20", "--scale-classes", "5", "--scale-labelled", "300",
+                 "--scale-teacher", "16", "--scale-steps", "2", "--tracking-uri", store_uri, "--outputs", str(outputs),
+                 "--scale-width", "32", "--scale-rank", "4", "--set", "data.batch_size=64", "data.eval_batch_size=256"])
+    assert rows[0][1]["peak_rss_mb"] > 0
+    assert "peak RSS" in capsys.readouterr().out
+    folder = next((outputs / "scale").iterdir())
+    assert np.load(folder / "x_unlabelled.npy", mmap_mode="r").shape == (2000, 20)
+    roles = sorted(r.data.tags["role"] for r in runs_of(client, "scale"))
+    assert roles == ["mimic", "teacher"]
+    (mimic,) = [r for r in runs_of(client, "scale") if r.data.tags["role"] == "mimic"]
+    assert mimic.info.status == "FINISHED" and mimic.data.params["data.n_transfer"] == "2000"
