@@ -62,6 +62,7 @@ def test_a_mapped_pool_gives_the_same_inputs_targets_and_batches_as_in_memory(tm
         for a, b in pairs:
             assert a.keys() == b.keys()
             assert torch.equal(a["y"], b["y"]) and torch.allclose(a["z"], b["z"]) and torch.allclose(a["x"], b["x"])
+    assert mapped.transfer_inputs()._file is not None  # scattered rows were read with pread, not through the map
 
 
 def test_mapped_batches_come_in_chunks_of_steps(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from shallowmimic.bench.contenders import compose_train
 from shallowmimic.data.mapped import release
 from shallowmimic.train import train
 
-CHUNK = 65536  # rows written at a time: the writer's memory stays bounded too
+CHUNK_BYTES = 32 << 20  # written at a time: the writer's memory stays bounded too
 
 
 def peak_rss_mb() -> tuple[float, float]:
@@ -45,8 +45,9 @@ def write_features(folder: Path, n: int, dim: int, classes: int, labelled: int, 
         np.save(folder / f"x_{split}.npy", x)
         np.save(folder / f"y_{split}.npy", (x @ w).argmax(1).astype(np.int64))
     out = np.lib.format.open_memmap(folder / "x_unlabelled.npy", "w+", np.float32, (n, dim))
-    for start in range(0, n, CHUNK):
-        out[start : start + CHUNK] = rng.standard_normal((min(CHUNK, n - start), dim), dtype=np.float32)
+    chunk = max(1, CHUNK_BYTES // (4 * dim))
+    for start in range(0, n, chunk):
+        out[start : start + chunk] = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
         out.flush()
         release(out)  # written pages count in RSS until dropped from the map
     del out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shallowmimic.cache import Arrays
-from shallowmimic.data.mapped import blocks
+from shallowmimic.data.mapped import block_rows, blocks
 from shallowmimic.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -212,11 +212,12 @@ def validate(arrays: Arrays, origin: str) -> Arrays:
     return out
 
 
-def first_non_finite(a: np.ndarray, rows: int = 65536) -> int | None:
+def first_non_finite(a: np.ndarray, rows: int | None = None) -> int | None:
     """The first row of `a` holding a NaN or infinity, or None; read in blocks of rows, so a memory-mapped file
     of millions of rows is checked without a copy of it."""
     if not np.issubdtype(a.dtype, np.floating):
         return None  # integers (uint8 pixels) are always finite
+    rows = rows or block_rows(a)
     for start, block in zip(range(0, len(a), rows), blocks(a, rows), strict=True):
         finite = np.isfinite(block.reshape(len(block), -1)).all(1)
         if not finite.all():
