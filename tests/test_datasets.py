@@ -19,7 +19,7 @@ from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataMo
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
-from shallowmimic.train import train
+from shallowmimic.pipeline import train
 
 from .conftest import runs_of
 

@@ -1,12 +1,15 @@
 """Bad input: one line naming the key and what is allowed, a non-zero exit, no MLflow run left RUNNING."""
 
+import subprocess
+import sys
+
 import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
-from shallowmimic.train import train
+from shallowmimic.pipeline import train
 
-from .conftest import TINY_SHALLOW, runs_of
+from .conftest import ROOT, TINY_SHALLOW, runs_of
 
 BAD = [
     (["model.width=0"], "model.width=0: must be an integer >= 1"),
@@ -73,6 +76,16 @@ def test_cli_prints_one_line_and_exits_non_zero(cli, client: MlflowClient) -> No
     assert proc.stderr.strip().splitlines()[-1] == "error: model.width=0: must be an integer >= 1"
     assert "Traceback" not in proc.stderr
     assert all(r.info.status != "RUNNING" for r in runs_of(client))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["optimizer.lr=0"], ["seed=-1"]])
+def test_help_and_key_errors_import_no_heavy_library(args: list[str]) -> None:
+    # what makes them answer in a second: torch, Lightning and MLflow take seconds to import
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "shallowmimic.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "lightning", "mlflow"}, proc.stderr[-2000:]
+    assert proc.returncode == (0 if args[0].startswith("--") else 2)
 
 
 def test_cli_unknown_group_option_lists_the_choices(cli) -> None:

@@ -14,9 +14,9 @@ import torch
 from mlflow import MlflowClient
 
 from shallowmimic.cache import sha256_file
-from shallowmimic.errors import UserError
-from shallowmimic.tracking import flat_params, redact
-from shallowmimic.train import train
+from shallowmimic.errors import UserError, redact
+from shallowmimic.pipeline import train
+from shallowmimic.tracking import flat_params
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, cli_args, runs_of
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from shallowmimic.checks import build
 from shallowmimic.inputs import data_digest
 from shallowmimic.nets import ShallowNet
-from shallowmimic.train import train
+from shallowmimic.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

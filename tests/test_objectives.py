@@ -16,10 +16,10 @@ from shallowmimic.cache import sha256_file
 from shallowmimic.data import MNIST1DDataModule
 from shallowmimic.errors import UserError
 from shallowmimic.objectives import KDLoss, kd_loss, mimic_loss
+from shallowmimic.pipeline import build_objective, train
 from shallowmimic.report import main as report_main
 from shallowmimic.system import System
 from shallowmimic.teacher import check_teacher, load_teacher, teacher_logits
-from shallowmimic.train import build_objective, train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
+from shallowmimic.pipeline import train
 from shallowmimic.registry import main as register_main
 from shallowmimic.report import main as report_main
-from shallowmimic.train import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

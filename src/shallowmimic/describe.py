@@ -13,6 +13,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 
+from shallowmimic.sweep import sweep_parent
+
 # MLflow 3.17's UI picks GenAI or model training from this URL parameter (else the user's last choice, GenAI first)
 UI_VIEW = "workflowType=machine_learning"
 REPORT_TABLE = "report/table.json"
@@ -42,8 +44,6 @@ def run_link(run_id: str, experiment_id: str, text: str | None = None) -> str:
 
 def sweep_parent_id() -> str | None:
     """This job's sweep parent run, when Hydra runs it inside a multirun."""
-    from shallowmimic.tracking import sweep_parent  # here: tracking imports this module
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return sweep_parent(HydraConfig.get().sweep.dir)

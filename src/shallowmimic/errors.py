@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -20,3 +21,9 @@ class BadValue(UserError):
     def under(self, group: str) -> BadValue:
         """The same error with its key inside `group`."""
         return BadValue(f"{group}.{self.key}", self.value, self.allowed)
+
+
+def redact(uri: str) -> str:
+    """Text with the password of any URI in it (scheme://user:password@host) replaced, fit for logs and params."""
+    # greedy to the token's last '@': a password may hold '/', ':' or an unescaped '@'
+    return re.sub(r"//([^:/@\s]+):[^\s]*@", r"//\1:***@", uri)

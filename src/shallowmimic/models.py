@@ -59,8 +59,10 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
         logits = net(x)
     signature = infer_signature(x.numpy(), logits.numpy())
     experiment_id = client.get_run(run_id).info.experiment_id
-    # named by role and variant (e.g. mimic-w1024-k32), so the Models tab tells them apart
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "", "-".join([tags.get("role", "net"), *tags.get("variant", "").split()]))
+    # named by role and variant (e.g. mimic-w1024-k32, kd-w32-T4_0), so the Models tab tells them apart; MLflow
+    # refuses '.', '/', ':', '%' and quotes in a logged model's name
+    words = [tags.get("role", "net"), *tags.get("variant", "").split()]
+    name = re.sub(r"[^A-Za-z0-9_-]+", "", "-".join(words).replace(".", "_"))
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags,
                                        model_type=tags.get("role"))
     with using_store(client):

@@ -79,7 +79,7 @@ def register_sweep(client: MlflowClient, experiment: str, parent: str | None = N
 
 def maybe_register(cfg: DictConfig, client: MlflowClient, run_id: str) -> None:
     """register=true on a single job: register its net as `<dataset>-<role>` (a sweep registers its best at the
-    end instead, tracking.SweepParentRun)."""
+    end instead, sweep.SweepParentRun)."""
     if not cfg.get("register") or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return
     run = client.get_run(run_id)

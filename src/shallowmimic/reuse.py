@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from shallowmimic import __version__, project_root
 from shallowmimic.cache import sha256, spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.tracking import git_commit, sweep_parent
+from shallowmimic.sweep import sweep_parent
+from shallowmimic.tracking import git_commit
 
 TAG, FROM = "reuse_key", "reused_from"
 # what never changes a result (a student's teachers enter the key as the runs they resolved to)

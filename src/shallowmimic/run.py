@@ -22,8 +22,10 @@ from mlflow.entities import Param, RunTag
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from shallowmimic import signals
+from shallowmimic.errors import redact
 from shallowmimic.resume import LAST, Resume, StepOnceMLFlowLogger, logged_steps
-from shallowmimic.tracking import git_commit, redact, start_run, sweep_parent
+from shallowmimic.sweep import sweep_parent
+from shallowmimic.tracking import git_commit, start_run
 
 
 def variant(cfg: DictConfig, n_teachers: int = 1) -> str:

@@ -1,15 +1,13 @@
 """Checks of the keys that configure what no constructor of ours receives: torch's optimizer, Lightning's Trainer,
-the tracking store, paths, seed and role. Our own objects (nets, data, objectives) check their arguments."""
+the tracking store, paths, seed and role. Our own objects (nets, data, objectives) check their arguments.
+Nothing heavy is imported here: train.py runs these checks before it imports torch, Lightning and MLflow."""
 
 from __future__ import annotations
 
-import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from shallowmimic import checks
-from shallowmimic.errors import BadValue, UserError
-from shallowmimic.tracking import redact
+from shallowmimic.errors import BadValue, UserError, redact
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -46,7 +44,7 @@ def check(cfg: DictConfig) -> None:
     checks.flag("reuse", cfg.get("reuse", True))
     if cfg.resume is not None and not isinstance(cfg.resume, str):
         raise BadValue("resume", cfg.resume, "null or the path of a run dir or .ckpt file")
-    if cfg.logger.get("run_id") is not None and rank_zero_only.rank == 0:
+    if cfg.logger.get("run_id") is not None and rank() == 0:
         raise BadValue("logger.run_id", cfg.logger.run_id, "null (rank 0 hands it to the DDP ranks it starts); to "
                        "continue a run use resume=")
     uri = str(cfg.logger.tracking_uri)
@@ -54,10 +52,18 @@ def check(cfg: DictConfig) -> None:
         raise BadValue("logger.tracking_uri", redact(uri), f"a tracking URI starting with {', '.join(URI_SCHEMES)}")
 
 
+def rank() -> int:
+    """This process's global rank (Lightning's reading of the launcher's environment)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # seconds to import: only when asked
+
+    return rank_zero_only.rank
+
+
 def check_device(accelerator: str, devices: int | str) -> None:
     """A GPU trainer on a machine without (enough) GPUs: refused now, not as a traceback inside Lightning."""
     if accelerator not in ("gpu", "cuda"):
         return
+    import torch  # seconds to import: only for a GPU trainer
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if found == 0:
         raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU on this machine (torch "

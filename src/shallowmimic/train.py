@@ -3,191 +3,22 @@
     python -m shallowmimic.train experiment=teacher
     python -m shallowmimic.train experiment=mimic model.width=8192 model.rank=32
     python -m shallowmimic.train -m experiment=mimic model.width=512,2048 model.rank=null,32
+
+The job itself reads top to bottom in pipeline.py. This module imports nothing heavy (no torch, Lightning or
+MLflow), so `--help`, `--cfg job` and Hydra's own errors answer at once.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
-from mlflow import MlflowClient
-from mlflow.entities import Run as MlflowRun
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shallowmimic import conf_dir, settings, signals
-from shallowmimic.checks import build
-from shallowmimic.data import ArrayDataModule
-from shallowmimic.describe import run_tags
-from shallowmimic.errors import BadValue, UserError
-from shallowmimic.inputs import log_datasets
-from shallowmimic.models import record_model
-from shallowmimic.nets import n_params
-from shallowmimic.objectives import Objective
-from shallowmimic.registry import maybe_register, teacher_ids_from_model
-from shallowmimic.resume import Resume, RunState
-from shallowmimic.reuse import TAG, finished_run, reuse, reuse_key
-from shallowmimic.run import Run, variant
-from shallowmimic.system import System
-from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
-from shallowmimic.teacher import teacher_device as device_for
-from shallowmimic.teacher import teacher_ids as ids_of
-from shallowmimic.tracking import flat_params, open_store, redact
-from shallowmimic.usage import system_metrics
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured model, test its best-on-validation checkpoint once, log everything; return test metrics."""
-    started = time.perf_counter()
-    settings.check(cfg)
-    client, experiment_id = open_store(cfg.logger)  # a store that cannot be used fails now, before any work
-    objective, schedule = build_objective(cfg.objective), build_schedule(cfg.get("scheduler"))
-    callbacks = [build_callback(name, node) for name, node in cfg.callbacks.items()]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
-    L.seed_everything(cfg.seed, workers=True)
-    dm = build("data", cfg.data)
-    dm.steps_per_batch = cfg.loop.steps_per_batch
-    dm.setup()
-    net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
-
-    resume = Resume.load(cfg.resume, client) if cfg.resume else None
-    teachers = pick_teachers(cfg, objective, client, experiment_id, resume)  # none for label training
-    for teacher in teachers:
-        check_teacher(client, teacher, dm)
-
-    key = reuse_key(cfg, dm, [t.info.run_id for t in teachers])
-    if (done := finished_run(cfg, client, experiment_id, key)) is not None:
-        return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
-    shape = variant(cfg, len(teachers))
-    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape, TAG: key}
-    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, experiment_id)  # UI's Source...
-    params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
-    params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
-    run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
-    with run.closing():
-        run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
-        if teachers:
-            attach_teachers(run, client, teachers, dm, Path(cfg.paths.cache) / "logits",
-                            device_for(cfg.trainer.accelerator))
-        run.params({"data.n_train_rows": dm.n_train_rows})
-        log_datasets(run, dm, cfg.data)
-
-        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
-        checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
-        trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
-                                    *system_metrics(cfg.logger, run)])
-        run.relaunch_here([t.info.run_id for t in teachers])
-        fit_s = fit(run, trainer, system, dm, resume)
-        metrics = trainer.test(system, datamodule=dm, ckpt_path="best", verbose=False)[0]  # the one look at test
-        metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
-        record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
-    if run.writer:
-        maybe_register(cfg, client, run.run_id)
-        summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"[{name}] run {run.run_id}: {summary} ({time.perf_counter() - started:.0f} s)")
-    return metrics
-
-
-def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, experiment_id: str,
-                  resume: Resume | None) -> list[MlflowRun]:
-    """The teacher runs a student learns from: those named, or the newest; a resumed student keeps its own. A
-    student without a teacher fails here, before any MLflow run exists."""
-    if not objective.needs_logits:
-        return []
-    check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(client, cfg.teacher)  # teacher.model: its run
-    if resume is not None:
-        ids = resume.teachers(ids)
-    return find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
-
-
-def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
-                    cache_dir: Path, device: torch.device | str = "cpu") -> None:
-    """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache before Lightning
-    starts the other ranks, which find it there); record where they came from and how good the targets are."""
-    logits, cache_tags = ensemble_logits(client, teachers, dm, cache_dir, device)  # on the trainer's device
-    dm.attach_logits(logits)
-    run.tags(cache_tags)
-    run.params({"data.n_transfer": len(dm.transfer_inputs()), "data.n_duplicates_dropped": dm.n_duplicates_dropped})
-    # the accuracy of the targets themselves: what a perfect mimic would score (Figure 3's x axis)
-    run.metrics({f"teacher/{split}_acc": (logits[split].argmax(1) == dm.splits[split]["y"]).float().mean().item()
-                 for split in ("val", "test")})
-
-
-def lineage(cfg: DictConfig, teachers: list[MlflowRun]) -> dict[str, str]:
-    """Where a run comes from: a student's teacher runs (two or more: an ensemble), a study's stage."""
-    tags = {"teacher_run_id": ",".join(t.info.run_id for t in teachers)} if teachers else {}
-    return tags | ({"study.stage": cfg.study.stage} if cfg.study.stage else {})
-
-
-def build_objective(node: DictConfig) -> Objective:
-    """The objective of conf/objective/: its loss, built from its config, and how it picks checkpoints."""
-    loss = build("objective", node.loss)
-    try:
-        return Objective(node.name, loss, node.needs_logits, node.monitor, node.mode)
-    except BadValue as err:
-        raise err.under("objective") from None
-
-
-def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule, resume: Resume | None) -> float:
-    """Fit (from the interrupted run's last checkpoint on resume=), tag why it stopped; return the seconds it took.
-
-    Why: early stopping (validation flat) or the last epoch (a schedule, if any, completed). Asked now: testing the
-    best checkpoint loads the callbacks' state of its epoch."""
-    started = time.perf_counter()
-    trainer.fit(system, datamodule=dm, ckpt_path=resume.checkpoint if resume else None)
-    early = trainer.early_stopping_callback
-    run.tags({"stop_reason": "early_stopping" if early is not None and early.stopped_epoch > 0 else "max_epochs"})
-    return time.perf_counter() - started
-
-
-def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """best.ckpt, chosen on validation (the first checkpoint callback: trainer.test's "best"), and last.ckpt, written
-    every epoch for resume= (Lightning's save_last writes it only in epochs that improve on the best)."""
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=objective.monitor, mode=objective.mode)
-    return best, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-
-
-def build_callback(name: str, node: DictConfig) -> L.Callback:
-    """One callback of conf/callbacks/; keys set for a callback the chosen option does not have are refused."""
-    if "_target_" not in node:
-        raise UserError(f"callbacks.{name}.{next(iter(node), '')}: the chosen callbacks= option has no {name}; "
-                        "choose one that has (e.g. callbacks=early_stopping)")
-    return build("callbacks", node)
-
-
-def build_schedule(node: DictConfig | None) -> Callable[..., dict] | None:
-    """The learning-rate schedule of conf/scheduler/ (None: constant), tried once on a throwaway optimizer so that
-    a bad key fails now, before any run exists."""
-    if node is None:
-        return None
-    schedule = build("scheduler", node)
-    try:
-        schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), total_steps=100)
-    except BadValue as err:
-        raise err.under("scheduler") from None
-    return schedule
-
-
-def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: L.Trainer, fit_s: float,
-                started: float) -> dict[str, float]:
-    """Log the checkpoint chosen on validation, its epoch and accuracy, and the times; return its accuracy."""
-    run.artifact(checkpoint.best_model_path, "checkpoints")
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    # validation accuracy of the chosen checkpoint: what sweepers may optimise (never the test split)
-    best_acc = system.val_acc_by_epoch[best["epoch"]]
-    run.metrics({"val/best_acc": best_acc, "val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
-                 "time/fit_s": fit_s, "time/total_s": time.perf_counter() - started})
-    return {"val/best_acc": best_acc}
+from shallowmimic.errors import UserError
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
@@ -196,6 +27,9 @@ def main(cfg: DictConfig) -> float:
     user's mistake ends it with one line on stderr and exit status 2."""
     signals.install()
     try:
+        settings.check(cfg)  # the keys checked without torch: a mistake there answers in a second
+        from shallowmimic.pipeline import train  # torch, Lightning, MLflow: only for a job that runs
+
         return train(cfg)["val/best_acc"]
     except UserError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -18,9 +18,10 @@ from shallowmimic.bench import scale
 from shallowmimic.bench.contenders import bench_config, lightning_sps, make_net, plain_sps, random_data
 from shallowmimic.bench.extras import extras
 from shallowmimic.bench.timing import Spread, fmt, interleaved, paired_ratios, table
+from shallowmimic.errors import redact
 from shallowmimic.nets import n_params
 from shallowmimic.run import Run, variant
-from shallowmimic.tracking import git_commit, open_store, redact, start_run
+from shallowmimic.tracking import git_commit, open_store, start_run
 
 
 @dataclass(frozen=True)
