@@ -19,7 +19,7 @@ import numpy as np
 
 from shallowmimic.bench.contenders import compose_train
 from shallowmimic.data.mapped import release
-from shallowmimic.train import train
+from shallowmimic.pipeline import train
 
 CHUNK_BYTES = 32 << 20  # written at a time: the writer's memory stays bounded too
 
