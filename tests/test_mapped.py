@@ -110,6 +110,13 @@ def test_the_scale_bench_runs_at_a_tiny_size(store_uri: str, outputs: Path, clie
     assert "peak RSS" in capsys.readouterr().out
     folder = next((outputs / "scale").iterdir())
     assert np.load(folder / "x_unlabelled.npy", mmap_mode="r").shape == (2000, 20)
+    main(["--scale", "300", "--scale-images", "--scale-classes", "3", "--scale-labelled", "60", "--scale-teacher", "8",
+          "--scale-steps", "1", "--scale-width", "16", "--scale-rank", "2", "--tracking-uri", store_uri, "--outputs",
+          str(outputs), "--set", "data.batch_size=32"])
+    pool = np.load(outputs / "scale" / "uint8-n300-3x32x32-c3-l60" / "x_unlabelled.npy", mmap_mode="r")
+    assert pool.dtype == np.uint8 and pool.shape == (300, 3, 32, 32)
+    (mimic,) = [r for r in runs_of(client, "scale_images") if r.data.tags["role"] == "mimic"]
+    assert mimic.info.status == "FINISHED" and mimic.data.params["data.in_shape"] == "3x32x32"
     roles = sorted(r.data.tags["role"] for r in runs_of(client, "scale"))
     assert roles == ["mimic", "teacher"]
     (mimic,) = [r for r in runs_of(client, "scale") if r.data.tags["role"] == "mimic"]
