@@ -35,7 +35,7 @@ THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SIZE   ?= full
 DATA   ?= mnist1d
 
-.PHONY: help install run teacher baseline mimic sweep paper report register bench ui server test lint clean
+.PHONY: help install run teacher baseline mimic sweep paper report register bench bench-scale ui server test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ register: install  ## register the newest sweep's best net of each role (on vali
 
 bench: install  ## throughput: plain loop vs our Lightning path vs the full train path, interleaved (ARGS="--extras")
 	$(PY) -m shallowmimic.bench $(ARGS)
+
+bench-scale: install  ## peak RSS at paper scale: 1M x 1845 float32 pool (7.4 GB), teacher, one mimic epoch
+	$(PY) -m shallowmimic.bench --scale $(ARGS)
 
 ui: install  ## the MLflow UI over the project's store on http://$(HOST):$(PORT)
 	mkdir -p outputs

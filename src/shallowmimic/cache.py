@@ -34,11 +34,15 @@ def sha256_file(path: str | Path) -> str:
 def digest_arrays(arrays: Arrays) -> str:
     """sha256 of named arrays' names, dtypes, shapes and bytes: the identity of a data set's (or a net's) content."""
 
+    from shallowmimic.data.mapped import blocks  # here: shallowmimic.data imports this module
+
     def chunks() -> Iterator[bytes]:
         for name in sorted(arrays):
-            a = np.ascontiguousarray(arrays[name])
+            a = arrays[name]
             yield f"{name} {a.dtype.str} {a.shape}".encode()
-            yield memoryview(a.reshape(-1).view(np.uint8))
+            # a memory map is hashed a block of rows at a time, its pages released after each (see data/mapped.py)
+            for block in blocks(a) if isinstance(a, np.memmap) and a.ndim else [a]:
+                yield memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
 
     return sha256(chunks())
 

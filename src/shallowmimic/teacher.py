@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from shallowmimic import checks
 from shallowmimic.cache import cached, digest_arrays, sha256_file, spec_key
 from shallowmimic.data import ArrayDataModule
+from shallowmimic.data.mapped import Standardised
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.reuse import FROM
 
@@ -141,10 +142,18 @@ def teacher_device(accelerator: str) -> torch.device:
 
 
 @torch.no_grad()
-def _logits(net: nn.Module, x: Tensor, batch_size: int = 4096, device: torch.device | str = "cpu") -> np.ndarray:
-    """The net's fp32 logits for `x`, run on `device` in large batches (each moved there as it is used)."""
-    net = net.to(device)
-    return torch.cat([net(part.to(device, non_blocking=True)).float().cpu() for part in x.split(batch_size)]).numpy()
+def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096,
+            device: torch.device | str = "cpu") -> np.ndarray:
+    """The net's fp32 logits for `x` (a memory-mapped source is read a batch at a time), run on `device` in large
+    batches, written into one array as they come (no list of parts and a concatenated copy of it)."""
+    net, out, start = net.to(device), None, 0
+    for part in x.split(batch_size):
+        z = net(part.to(device, non_blocking=True)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(x), z.shape[1]), np.float32)
+        out[start : start + len(z)] = z
+        start += len(z)
+    return out
 
 
 def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_dir: str | Path,
@@ -164,7 +173,7 @@ def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_
     return {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path), hit
 
 
-def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Tensor]) -> None:
+def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Tensor | Standardised]) -> None:
     """Refuse cached logits whose splits or row counts differ from the inputs they are keyed by."""
     if {k: len(v) for k, v in arrays.items()} != {k: len(v) for k, v in inputs.items()}:
         raise RuntimeError(f"logits cache {path} does not match the inputs it is keyed by; delete it")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from mlflow.entities import Metric
 
+from shallowmimic.bench import scale
 from shallowmimic.bench.contenders import bench_config, lightning_sps, make_net, plain_sps, random_data
 from shallowmimic.bench.extras import extras
 from shallowmimic.bench.timing import Spread, fmt, interleaved, paired_ratios, table
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extras", action="store_true", help="also cached vs online targets, and GFLOP/s vs a matmul")
     p.add_argument("--online-steps", type=int, default=100, help="--extras: steps per epoch, cached vs online")
     p.add_argument("--matmul-seconds", type=float, default=0.5, help="--extras: time spent measuring the matmul")
+    scale.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -136,10 +138,13 @@ COLUMNS = [("plain/s (a)", "plain_sps", "{:,.0f}"), ("lightning/s (b)", "lightni
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
-    """Run every shape, print the table, return (run name, metrics) per shape."""
+    """Run every shape, print the table, return (run name, metrics) per shape (or, with --scale, the memory bench's
+    figures)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scale is not None:
+        return [("scale", scale.run_scale(args))]
     rows = [bench_one(shape, args) for shape in args.shape]
     cells = [[name, *(fmt(Spread(*(m[f"bench/{k}{end}"] for end in ("", "_low", "_high"))), f) for _, k, f in COLUMNS),
               f"{m['bench/plain_epoch_s']:.2f}", f"{m['bench/full_epoch_s']:.2f}"] for name, m in rows]

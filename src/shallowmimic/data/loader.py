@@ -1,4 +1,5 @@
-"""Batches served from in-memory tensors, a batch (or a chunk of several batches) at a time."""
+"""Batches served from in-memory tensors (or sources that gather rows by index: data/mapped.py), a batch (or a chunk
+of several batches) at a time."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class InMemoryLoader:
     rank takes its own stride of it. With `steps` > 1 each item is a list of up to `steps` consecutive batches
     (the same batches, in the same order): the training step takes one optimizer step per batch, so Lightning's
     per-item hooks run once for several steps. `to(device)` moves the tensors once, so slicing happens there.
+    A value that is not a Tensor (mapped.Standardised, mapped.Concat) is asked for each batch's rows by index
+    instead of gathered whole once per epoch: a memory-mapped transfer set is never copied whole.
     """
 
     def __init__(self, tensors: Batch, batch_size: int, shuffle: bool, seed: int = 0, steps: int = 1) -> None:
@@ -49,20 +52,23 @@ class InMemoryLoader:
         return -(-self.steps_per_epoch // self.steps)
 
     def _batches(self) -> Iterator[Batch]:
-        n = len(next(iter(self.tensors.values())))
+        values = self.tensors
+        n = len(next(iter(values.values())))
         rank, world = self._rank_world()
-        tensors = self.tensors
+        eager = {k: v for k, v in values.items() if isinstance(v, Tensor)}  # the others gather rows per batch
+        order = None
         if self.shuffle or world > 1:
             order = torch.arange(n)
             if self.shuffle:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
                 order = order[: n - n % world]
             order = order[rank::world]  # evaluation: strided, so every sample is scored exactly once
-            device = next(iter(tensors.values())).device
-            tensors = {k: v[order.to(device)] for k, v in tensors.items()}  # one gather per epoch, then cheap views
+            # one gather per epoch of the in-memory tensors, then cheap views
+            eager = {k: v[order.to(v.device)] for k, v in eager.items()}
         self.epoch += 1
-        for i in range(0, len(next(iter(tensors.values()))), self.batch_size):
-            yield {k: v[i : i + self.batch_size] for k, v in tensors.items()}
+        for i in range(0, n if order is None else len(order), self.batch_size):
+            idx = torch.arange(i, min(i + self.batch_size, n)) if order is None else order[i : i + self.batch_size]
+            yield {k: eager[k][i : i + self.batch_size] if k in eager else v[idx] for k, v in values.items()}
 
     def __iter__(self) -> Iterator[Batch] | Iterator[list[Batch]]:
         if self.steps == 1:

@@ -13,6 +13,7 @@ from shallowmimic import checks
 from shallowmimic.cache import Arrays, digest_arrays, spec_key
 from shallowmimic.data import transfer as transfers
 from shallowmimic.data.loader import Batch, InMemoryLoader
+from shallowmimic.data.mapped import Concat, Standardised
 from shallowmimic.data.readers import validate
 from shallowmimic.errors import UserError
 
@@ -62,7 +63,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.train_raw: tuple[np.ndarray, np.ndarray] | None = None  # kept only to augment from
         self.raw_dtype = np.dtype(np.float32)
         self.n_duplicates_dropped = 0
-        self._transfer: Batch | None = None
+        self._transfer: dict[str, Tensor | Standardised] | None = None
 
     def load_arrays(self) -> Arrays:
         """The raw arrays by name; subclasses read them from disk."""
@@ -144,14 +145,15 @@ class ArrayDataModule(L.LightningDataModule):
         """Raw generated transfer inputs; only datasets with a generator have them."""
         raise NotImplementedError
 
-    def transfer_inputs(self) -> Tensor:
-        """The transfer inputs beyond the training split (standardised), built once."""
+    def transfer_inputs(self) -> Tensor | Standardised:
+        """The transfer inputs beyond the training split (standardised; a memory-mapped pool as it is read), built
+        once."""
         if self._transfer is None:
             self.setup()
             self._transfer = transfers.build(self)
         return self._transfer["x"]
 
-    def teacher_inputs(self) -> dict[str, Tensor]:
+    def teacher_inputs(self) -> dict[str, Tensor | Standardised]:
         """Every input the mimic needs the teacher's logits for, by split."""
         self.setup()
         return {**{k: v["x"] for k, v in self.splits.items()}, "transfer": self.transfer_inputs()}
@@ -163,8 +165,10 @@ class ArrayDataModule(L.LightningDataModule):
             self.splits[split]["z"] = logits[split]
         self.transfer_inputs()
         train, extra = self.splits["train"], self._transfer
-        self.splits["mimic"] = {"x": torch.cat([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
-                                "z": torch.cat([logits["train"], logits["transfer"]])}
+        # a memory-mapped transfer set is served by index beside the training rows, never concatenated with them
+        join = torch.cat if isinstance(extra["x"], Tensor) else Concat
+        self.splits["mimic"] = {"x": join([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
+                                "z": join([logits["train"], logits["transfer"]])}
 
     @property
     def n_train_rows(self) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shallowmimic.cache import Arrays
+from shallowmimic.data.mapped import block_rows, blocks
 from shallowmimic.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -147,7 +148,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
 
 def load_features(path: str | Path | None, unlabelled: bool = True) -> Arrays:
     """User arrays (e.g. TIMIT frames): an .npz, or a folder of .npy files, holding x_train, y_train, x_test,
-    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`)."""
+    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`). A folder's files are memory-mapped
+    (an .npz is read into memory: its members cannot be mapped)."""
     if path is None:
         raise UserError("data.path is not set: give an .npz file or a folder of .npy files holding "
                         "x_train, y_train, x_test, y_test")
@@ -155,7 +157,10 @@ def load_features(path: str | Path | None, unlabelled: bool = True) -> Arrays:
     names = REQUIRED + OPTIONAL if unlabelled else REQUIRED + OPTIONAL[:2]
     try:
         if path.is_dir():
-            arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in names if (path / f"{n}.npy").is_file()}
+            # memory maps in the stored dtype: a paper-scale x_unlabelled (7.4 GB) is read a batch at a time, never
+            # whole; copy-on-write ("c"), so torch.from_numpy gets a writable array and the file is never changed
+            arrays = {n: np.load(path / f"{n}.npy", mmap_mode="c", allow_pickle=False)
+                      for n in names if (path / f"{n}.npy").is_file()}
         elif path.is_file():
             f = np.load(path, allow_pickle=False)
             if not isinstance(f, np.lib.npyio.NpzFile):
@@ -207,13 +212,14 @@ def validate(arrays: Arrays, origin: str) -> Arrays:
     return out
 
 
-def first_non_finite(a: np.ndarray, rows: int = 65536) -> int | None:
+def first_non_finite(a: np.ndarray, rows: int | None = None) -> int | None:
     """The first row of `a` holding a NaN or infinity, or None; read in blocks of rows, so a memory-mapped file
     of millions of rows is checked without a copy of it."""
     if not np.issubdtype(a.dtype, np.floating):
         return None  # integers (uint8 pixels) are always finite
-    for start in range(0, len(a), rows):
-        finite = np.isfinite(a[start : start + rows].reshape(min(rows, len(a) - start), -1)).all(1)
+    rows = rows or block_rows(a)
+    for start, block in zip(range(0, len(a), rows), blocks(a, rows), strict=True):
+        finite = np.isfinite(block.reshape(len(block), -1)).all(1)
         if not finite.all():
             return start + int(np.argmin(finite))
     return None

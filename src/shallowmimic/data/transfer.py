@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from shallowmimic.cache import cached, spec_key
+from shallowmimic.data.mapped import Standardised
 from shallowmimic.data.readers import image_files, read_image_folder
 from shallowmimic.errors import UserError
 
@@ -96,12 +97,13 @@ def check(dm: ArrayDataModule) -> None:
         image_files(dm.pool_dir)  # the folder exists and holds images
 
 
-def build(dm: ArrayDataModule) -> dict[str, Tensor]:
+def build(dm: ArrayDataModule) -> dict[str, Tensor | Standardised]:
     """The transfer set, standardised, with labels where it has them (-1 where not); near-duplicates of test and
     validation inputs dropped if `dup_tol` is set (validation picks the checkpoint: it must stay unseen)."""
     empty = dm.transfer != "pool" and dm.transfer_size == 0
-    x, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
-    x = dm.standardise(x)
+    raw, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
+    # a memory-mapped pool (data.path a folder of .npy files) stays on disk, standardised a batch at a time
+    x = Standardised(raw, dm.mean, dm.std) if isinstance(raw, np.memmap) else dm.standardise(raw)
     y = torch.full((len(x),), -1, dtype=torch.int64) if y is None else torch.from_numpy(y)
     if dm.dup_tol is not None and len(x):
         keep = far_from(x, torch.cat([dm.splits["test"]["x"], dm.splits["val"]["x"]]), dm.dup_tol)
@@ -109,11 +111,11 @@ def build(dm: ArrayDataModule) -> dict[str, Tensor]:
         if dm.n_duplicates_dropped:
             log.warning("dropped %d transfer inputs within %.0e of a test or validation input",
                         dm.n_duplicates_dropped, dm.dup_tol)
-        x, y = x[keep], y[keep]
+        x, y = x[keep] if isinstance(x, Tensor) else x.subset(keep.numpy()), y[keep]
     return {"x": x, "y": y}
 
 
-def far_from(x: Tensor, ref: Tensor, tol: float, chunk: int = 50_000) -> Tensor:
+def far_from(x: Tensor | Standardised, ref: Tensor, tol: float, chunk: int = 50_000) -> Tensor:
     """Mask of rows of x whose nearest row of ref is farther than tol (RMS distance per dimension)."""
     ref, dim = ref.flatten(1), math.prod(ref.shape[1:])
     near = [torch.cdist(part.flatten(1), ref).min(1).values / dim**0.5 for part in x.split(chunk)]

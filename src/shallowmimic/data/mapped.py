@@ -1,0 +1,153 @@
+"""Inputs too large to hold standardised in memory (a paper-scale transfer set: 1M x 1845 floats, 7.4 GB): kept as a
+memory map of the file in its stored dtype, read a batch of rows at a time and standardised as they are read; and
+sources of rows laid end to end (train + transfer) served by index without one concatenated copy."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+RELEASE_BYTES = 64 << 20  # drop a map's resident pages after about this much has been read through it
+BLOCK_BYTES = 32 << 20  # a block read (and released) at a time: its temporaries (isfinite's mask) stay small too
+
+
+def release(a: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (the page cache keeps them): pages read through a map count in
+    the process's RSS until unmapped, so one pass over a 7 GB file would otherwise leave 7 GB resident."""
+    mm = getattr(a, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def block_rows(a: np.ndarray) -> int:
+    """Rows in a block of about BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // max(1, a[:1].nbytes))
+
+
+def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
+    """`a` in blocks of `rows` rows (default: about BLOCK_BYTES; views, no copy); a memory map's pages are released
+    after each block."""
+    rows = rows or block_rows(a)
+    for start in range(0, len(a), rows):
+        yield a[start : start + rows]
+        if isinstance(a, np.memmap):
+            release(a)
+
+
+class Standardised:
+    """Raw rows (a memory map, in its stored dtype) served standardised: `self[idx]` reads rows idx (in file order,
+    for sequential reads), casts them to float32 and standardises them on the device they are moved to."""
+
+    def __init__(self, raw: np.ndarray, mean: Tensor, std: Tensor, index: np.ndarray | None = None) -> None:
+        self.raw, self.mean, self.std, self.index = raw, mean, std, index
+        self.device = mean.device
+        self._read = 0  # bytes read through the map since its pages were last released
+        self._file = None  # the mapped file, opened for pread on the first scattered read
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.index is None else len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.raw.shape[1:])
+
+    def numpy(self) -> np.ndarray:
+        """The raw rows (MLflow's dataset profile reads the shape and dtype only)."""
+        return self.raw if self.index is None else self.raw[self.index]
+
+    def to(self, device: torch.device | str) -> Standardised:
+        """Standardise on `device` from now on (rows are read on the CPU, then moved there)."""
+        self.mean, self.std, self.device = self.mean.to(device), self.std.to(device), torch.device(device)
+        return self
+
+    def subset(self, keep: np.ndarray) -> Standardised:
+        """The rows where the mask `keep` is true."""
+        rows = np.flatnonzero(keep)
+        return Standardised(self.raw, self.mean, self.std, rows if self.index is None else self.index[rows])
+
+    def _standardise(self, rows: np.ndarray) -> Tensor:
+        self._read += rows.nbytes
+        if self._read > RELEASE_BYTES:
+            release(self.raw)
+            self._read = 0
+        x = torch.from_numpy(rows).to(self.device, non_blocking=True).float()
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        """Rows idx (a 1-d index tensor), standardised, in the order asked."""
+        i = idx.cpu().numpy()
+        if self.index is not None:
+            i = self.index[i]
+        order = np.argsort(i, kind="stable")
+        rows = np.empty((len(i), *self.raw.shape[1:]), self.raw.dtype)
+        rows[order] = self._gather(i[order])  # read in file order, put back in the order asked
+        return self._standardise(rows)
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted) of the raw array. A whole mapped .npy is read with pread, not through the map: a fault on
+        one scattered row maps a large block of the file around it (about 1.4 MB a row here, with large folios),
+        so 256 random rows left some 370 MB resident; pread copies the row and maps nothing."""
+        if not (isinstance(self.raw, np.memmap) and isinstance(self.raw.base, mmap.mmap) and self.raw.filename
+                and self.raw.flags.c_contiguous):
+            return self.raw[rows]  # in memory (or a view of a map): plain indexing
+        if self._file is None:
+            self._file = open(self.raw.filename, "rb")  # noqa: SIM115 (held open while the source lives)
+        out = np.empty((len(rows), *self.raw.shape[1:]), self.raw.dtype)
+        size, buffer = out[:1].nbytes, memoryview(out.reshape(-1).view(np.uint8))
+        for k, row in enumerate(rows.tolist()):
+            got = os.preadv(self._file.fileno(), [buffer[k * size : (k + 1) * size]], self.raw.offset + row * size)
+            if got != size:
+                raise OSError(f"{self.raw.filename}: row {row} is cut short ({got} of {size} bytes)")
+        return out
+
+    def split(self, size: int) -> Iterator[Tensor]:
+        """Consecutive chunks of up to `size` rows, standardised (as Tensor.split; one empty chunk if no rows)."""
+        for start in range(0, max(1, len(self)), size):
+            if self.index is None:
+                yield self._standardise(np.asarray(self.raw[start : start + size]))
+            else:
+                yield self[torch.from_numpy(np.arange(start, min(start + size, len(self))))]
+
+
+class Concat:
+    """Sources of rows (tensors, Standardised) end to end, served by index: `self[idx]` gathers each row from the
+    source holding it, so the mimic's train + transfer rows never exist as one concatenated copy."""
+
+    def __init__(self, parts: Sequence[Tensor | Standardised]) -> None:
+        self.parts = list(parts)
+        self.starts = torch.tensor(np.cumsum([0] + [len(p) for p in self.parts]))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    def to(self, device: torch.device | str) -> Concat:
+        """The tensors moved to `device` (copies there), the Standardised sources told to standardise there."""
+        self.parts = [p.to(device) for p in self.parts]
+        return self
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        """Rows idx (a 1-d index tensor) in the order asked."""
+        idx = idx.cpu()
+        which = torch.bucketize(idx, self.starts[1:], right=True)  # the part holding each row
+        out: Tensor | None = None
+        for p, part in enumerate(self.parts):
+            mask = which == p
+            if not mask.any():
+                continue
+            local = idx[mask] - self.starts[p]
+            rows = part[local.to(part.device) if isinstance(part, Tensor) else local]
+            if out is None:
+                out = torch.empty((len(idx), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+            out[mask.to(rows.device)] = rows
+        if out is None:  # no rows asked
+            return self.parts[0][idx[:0]]
+        return out
