@@ -29,7 +29,7 @@ def sweep_parent(sweep_dir: str | None) -> str | None:
 
 class SweepParentRun(Callback):
     """Hydra callback: before a multirun's jobs start, create the store, the experiment and one parent run that
-    every job nests under (tag `mlflow.parentRunId`); end it FINISHED, or FAILED if any job failed.
+    every job nests under (tag `mlflow.parentRunId`); end it FINISHED, FAILED if any job failed, or KILLED by a signal.
 
     Creating the store here, once, also keeps parallel jobs from racing on a new SQLite store's schema."""
 

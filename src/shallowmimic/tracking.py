@@ -1,4 +1,5 @@
-"""MLflow plumbing: one store, one experiment per dataset, flat params, and the parent run of a sweep."""
+"""MLflow plumbing: one store, one experiment per dataset, flat params, the commit, new runs (sweep parents live in
+sweep.py)."""
 
 from __future__ import annotations
 
