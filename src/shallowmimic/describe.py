@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from mlflow.tracking.context.registry import resolve_tags
@@ -42,13 +40,6 @@ def run_link(run_id: str, experiment_id: str, text: str | None = None) -> str:
     return f"[{text or run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW})"
 
 
-def sweep_parent_id() -> str | None:
-    """This job's sweep parent run, when Hydra runs it inside a multirun."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return sweep_parent(HydraConfig.get().sweep.dir)
-
-
 def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun], experiment_id: str) -> str:
     """The run's description: role, model and size, objective, data, and links to its teachers and sweep."""
     objective = OBJECTIVES.get(cfg.objective.name, cfg.objective.name).format(**cfg.objective)
@@ -58,7 +49,7 @@ def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[Mlfl
         links = ", ".join(run_link(t.info.run_id, experiment_id, t.info.run_name) for t in teachers)
         what = "Teachers (an ensemble, logits averaged)" if len(teachers) > 1 else "Teacher"
         lines.append(f"{what}: {links}" + (f" (`{cfg.teacher.model}`)" if cfg.teacher.get("model") else "") + ".")
-    parent = sweep_parent_id()
+    parent = sweep_parent()
     if parent:
         lines.append(f"Part of sweep {run_link(parent, experiment_id)}.")
     return "\n\n".join(lines)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import subprocess
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run as MlflowRun
@@ -64,8 +62,7 @@ def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, f
     """Report the reused run (inside a sweep, add it to the sweep's runs); return what train() returns: its test
     metrics and best validation accuracy."""
     original = done.data.tags.get(FROM, done.info.run_id)
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    parent = sweep_parent(hydra_cfg.sweep.dir) if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN else None
+    parent = sweep_parent()
     if parent is not None:
         tags = {k: v for k, v in done.data.tags.items() if not k.startswith(("mlflow.", "study."))}
         tags |= {FROM: original, "mlflow.parentRunId": parent, "mlflow.runName": done.info.run_name}

@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -68,7 +67,7 @@ class Run:
         else:
             tags = tags | {"git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
                            "hydra.overrides": redact(" ".join(hydra_cfg.overrides.task)) if hydra_cfg else ""}
-            parent = sweep_parent(hydra_cfg.sweep.dir) if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN else None
+            parent = sweep_parent()
             run_id = start_run(client, experiment_id, name, tags | ({"mlflow.parentRunId": parent} if parent else {}),
                                params)
         if resume is not None:

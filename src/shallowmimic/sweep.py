@@ -7,7 +7,9 @@ import atexit
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from shallowmimic import signals
@@ -19,11 +21,11 @@ if TYPE_CHECKING:
 PARENT_FILE = "mlflow_parent_run_id"  # written into a Hydra sweep dir; each job reads its parent from there
 
 
-def sweep_parent(sweep_dir: str | None) -> str | None:
-    """The MLflow parent run id of the Hydra sweep this job belongs to, if any."""
-    if sweep_dir is None:
+def sweep_parent() -> str | None:
+    """The MLflow parent run of the Hydra sweep this job runs in, if it runs in one."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    path = Path(sweep_dir) / PARENT_FILE
+    path = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
     return path.read_text().strip() if path.exists() else None
 
 
