@@ -17,13 +17,14 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from shallowmimic import conf_dir
 from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.objectives import mimic_loss
+from shallowmimic.pipeline import build_objective, checkpoints
 from shallowmimic.resume import RunState
 from shallowmimic.run import make_trainer
 from shallowmimic.system import System
@@ -134,8 +135,8 @@ def lightning_sps(cfg: DictConfig, data: Batch, run_id: str, epochs: int, val: B
     full = val is not None and run_dir is not None
     if full:
         shutil.rmtree(run_dir, ignore_errors=True)  # each repeat writes its checkpoints afresh, as a new run would
-        callbacks += [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
-                                      monitor=cfg.objective.monitor, mode=cfg.objective.mode), RunState(run_id)]
+        # train's own checkpoint callbacks (best on validation, last every epoch), not a copy of them
+        callbacks += [*checkpoints(run_dir / "checkpoints", build_objective(cfg.objective)), RunState(run_id)]
     cfg = cfg.copy()
     with open_dict(cfg):  # (b) checkpoints nothing: Lightning would otherwise add its default ModelCheckpoint
         cfg.trainer.max_epochs, cfg.trainer.enable_checkpointing = epochs, full
