@@ -1,13 +1,16 @@
 """The objectives and the LightningModule's metrics."""
 
 from functools import partial
+from unittest.mock import patch
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from shallowmimic.data import InMemoryLoader
+from shallowmimic.data.loader import Chunk
 from shallowmimic.nets import ShallowNet
 from shallowmimic.objectives import labels_loss, mimic_loss
 from shallowmimic.system import System
@@ -76,6 +79,18 @@ def test_loader_items_are_chunks_of_the_same_batches() -> None:
     assert [[b["x"].tolist() for b in item] for item in chunked] == [flat[:3], flat[3:]]
     moved = InMemoryLoader(data, 3, shuffle=False).to("meta")
     assert moved.tensors["x"].device.type == "meta" and data["x"].device.type == "cpu"  # the caller's stay
+
+
+def test_lightning_moves_a_chunk_with_one_call_and_keeps_what_is_there() -> None:
+    item = next(iter(InMemoryLoader({"x": torch.randn(6, 2), "y": torch.arange(6)}, 2, shuffle=False, steps=3)))
+    calls: list[str] = []
+    to = Chunk.to
+    with patch.object(Chunk, "to", lambda self, device: calls.append(str(device)) or to(self, device)):
+        meta = move_data_to_device(item, torch.device("meta"))  # what Lightning's batch transfer calls
+        here = move_data_to_device(item, torch.device("cpu"))
+    assert calls == ["meta", "cpu"]  # one call per item, not one per tensor
+    assert isinstance(meta, Chunk) and all(t.device.type == "meta" for b in meta for t in b.values())
+    assert all(h[k] is b[k] for h, b in zip(here, item, strict=True) for k in b)  # already there: not copied
 
 
 def test_the_teacher_runs_on_the_trainers_device_in_batches() -> None:

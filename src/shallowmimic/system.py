@@ -109,7 +109,8 @@ class System(L.LightningModule):
             optimizer.step()
             self._step_schedules("step")
             losses.append(loss.detach())
-            logits.append(out.detach())
+            if "y" in b:  # kept for the item's train accuracy
+                logits.append(out.detach())
         losses_ = torch.stack(losses)
         if not torch.isfinite(losses_.sum()):  # stop at once: every later step would be NaN too, and the run a lie
             raise FloatingPointError(f"train/loss is {losses_.sum().item()} at step {self.global_step}; "

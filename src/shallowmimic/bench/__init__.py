@@ -6,9 +6,9 @@
     python -m shallowmimic.bench --scale               # peak RSS at paper scale: 1M x 1845 pool (bench/scale.py)
 
 (a) a plain loop, (b) our Lightning path training only, (c) the full path `train` runs each epoch (validation,
-checkpoints, MLflow logging): see contenders.py. They run interleaved (a b c a b c ...) for several repeats of at
-least --min-seconds each; the table gives medians with their min-max, and (b)/(a), (c)/(a) paired by repeat, so a
-change of load on a shared machine hits every contender alike. Inputs are random (already standardised) with random
+checkpoints, MLflow logging): see contenders.py. They run interleaved (a b c a b c ... a) for several repeats of at
+least --min-seconds each; the table gives medians with their min-max, and (b)/(a), (c)/(a) by round, each over the
+mean of the (a) either side, so a drift of the machine's speed hits every contender alike. Inputs are random (already standardised) with random
 logits: speed does not depend on the values. Each shape is one MLflow run tagged role=bench, in the store train.py
 uses, with the load average before and after. With another job on the cores, `--threads 1` gives steadier figures.
 """

@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 .__doc__.split("\n")[0])
     p.add_argument("--shape", type=parse_shape, nargs="+", default=[SHAPES["mnist1d"], SHAPES["paper"]],
                    help="mnist1d, paper, either with changes (paper:n=25600), or in=40,w=64,k=none,b=256,n=2000")
-    p.add_argument("--repeats", type=int, default=3, help="rounds of (a) (b) (c), interleaved")
+    p.add_argument("--repeats", type=int, default=5, help="rounds of (a) (b) (c), interleaved, and a closing (a)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per repeat, at least (whole epochs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: as train.py, outputs/mlflow.db)")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
           f"{torch.get_num_threads()} torch threads; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(table(["shape", *(h for h, _, _ in COLUMNS), "epoch s (a)", "epoch s (c)"], cells))
     print("(a) plain PyTorch loop; (b) our Lightning path, training only; (c) the full path of `train` (validation, "
-          "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios paired by repeat.")
+          "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios by round, over the mean of the (a) either side.")
     busiest = max(float(m["bench/load_1m"]) for _, m in rows)
     if busiest > (os.cpu_count() or 1) / 2:  # other jobs took cores: spreads widen, threads spin-wait on each other
         print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: other work shared the machine, "

@@ -1,4 +1,4 @@
-"""Trustworthy timings on a shared machine: contenders run in turn (A B C A B C ...), so a change of load hits all of
+"""Trustworthy timings on a shared machine: contenders run in turn (A B C A B C ... A), so a change of load hits all of
 them alike; each repeat lasts seconds; figures are medians with their spread, ratios taken within a repeat."""
 
 from __future__ import annotations
@@ -22,17 +22,25 @@ class Spread:
 
 
 def interleaved(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Each contender's measurements, taken `repeats` times in turn: A B C, A B C, ..."""
+    """Each contender's measurements, taken `repeats` times in turn, then the first once more: A B C, A B C, ..., A.
+    Every round is thus bracketed by two measurements of the first (the baseline: see paired_ratios)."""
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, measure in contenders.items():
             results[name].append(measure())
+    first, measure = next(iter(contenders.items()))
+    results[first].append(measure())
     return results
 
 
 def paired_ratios(results: dict[str, list[float]], over: str) -> dict[str, Spread]:
-    """Each contender / `over`, repeat by repeat (measured minutes apart at most, under the same load)."""
-    return {name: Spread.of([a / b for a, b in zip(values, results[over], strict=True)])
+    """Each contender / `over`, round by round, `over` taken as the mean of its measurements either side of the
+    round. This machine's speed drifts over seconds (identical 0.7 s loops vary by 11%, the same in CPU time as in
+    wall time: other tenants' memory traffic), so a ratio to the baseline just before misreads a drift as a
+    difference; the bracket cancels a steady drift."""
+    base = results[over]
+    brackets = [(before + after) / 2 for before, after in zip(base, base[1:])]
+    return {name: Spread.of([x / b for x, b in zip(values, brackets, strict=True)])
             for name, values in results.items() if name != over}
 
 
