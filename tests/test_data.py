@@ -77,6 +77,52 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
+def fill(values: dict[str, list[int]]):  # noqa: ANN201
+    """A cached_maps build writing these values into the arrays it allocates."""
+    def build(allocate: cache.Allocate) -> None:
+        for name, v in values.items():
+            allocate(name, (len(v),), np.int64)[:] = v
+    return build
+
+
+def test_map_caches_are_memory_mapped_verified_and_rebuilt(tmp_path: Path) -> None:
+    folder = tmp_path / "logits-k"
+    arrays, hit = cache.cached_maps(folder, fill({"train": [1, 2, 3], "transfer": []}))
+    assert not hit and isinstance(arrays["train"], np.memmap) and arrays["train"].tolist() == [1, 2, 3]
+    assert arrays["transfer"].shape == (0,) and not list(tmp_path.glob(".*tmp"))  # no temporary folder left
+    digest = cache.folder_digest(folder)
+    again, hit = cache.cached_maps(folder, lambda allocate: pytest.fail("rebuilt a sound cache"))
+    assert hit and again["train"].tolist() == [1, 2, 3] and isinstance(again["train"], np.memmap)
+    again["train"][0] = 9  # copy-on-write: this process's copy only
+    assert np.load(folder / "train.npy").tolist() == [1, 2, 3]
+
+    (folder / "train.npy").write_bytes((folder / "train.npy").read_bytes()[:-8])  # truncated
+    assert cache.load_maps(folder) is None
+    arrays, hit = cache.cached_maps(folder, fill({"train": [1, 2, 3], "transfer": []}))
+    assert not hit and arrays["train"].tolist() == [1, 2, 3] and cache.folder_digest(folder) == digest
+
+
+def test_a_map_cache_that_fails_to_build_leaves_nothing(tmp_path: Path) -> None:
+    def broken(allocate: cache.Allocate) -> None:
+        allocate("train", (3,), np.float32)[:] = 1
+        raise KeyboardInterrupt  # killed mid-build
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.cached_maps(tmp_path / "logits-k", broken)
+    assert list(tmp_path.iterdir()) == []  # neither a partial cache nor its temporary folder
+
+
+def test_a_map_cache_written_meanwhile_by_another_job_is_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "logits-k"
+
+    def racing(allocate: cache.Allocate) -> None:
+        cache.cached_maps(folder, fill({"train": [1, 2]}))  # the other job finishes first
+        allocate("train", (2,), np.int64)[:] = [7, 7]  # (the same in truth: told apart here to see whose is kept)
+
+    arrays, hit = cache.cached_maps(folder, racing)
+    assert not hit and arrays["train"].tolist() == [1, 2] and [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
 def test_loader_serves_every_sample_once_per_epoch_in_a_new_order() -> None:
     x = torch.arange(10).float()
     loader = InMemoryLoader({"x": x, "y": torch.arange(10)}, batch_size=4, shuffle=True, seed=0)

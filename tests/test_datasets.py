@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule, readers
+from shallowmimic.data.mapped import Standardised
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
@@ -242,10 +243,11 @@ def test_augmented_transfer_set_is_cached_and_reused(tmp_path: Path, monkeypatch
     kw = dict(val_size=10, transfer="augment", transfer_size=70, augment_pad=2, cache_dir=str(tmp_path))
     dm = ArrayDataModule("img", images(shape=(3, 8, 8)), **kw)
     first = dm.transfer_inputs()
-    assert first.shape == (70, 3, 8, 8) and len(list(tmp_path.glob("img-augment-n70-*.npz"))) == 1
+    assert first.shape == (70, 3, 8, 8) and len(list(tmp_path.glob("img-augment-n70-*"))) == 1
     monkeypatch.setattr("shallowmimic.data.transfer.augment", lambda *a: pytest.fail("augmented again"))
     again = ArrayDataModule("img", {k: v.copy() for k, v in dm.arrays.items()}, **kw)  # the same images, anew
-    assert torch.equal(again.transfer_inputs(), first) and again.spec() == dm.spec()
+    assert isinstance(first, Standardised) and isinstance(first.raw, np.memmap)  # served from disk, never whole
+    assert torch.equal(whole(again.transfer_inputs()), whole(first)) and again.spec() == dm.spec()
     other = ArrayDataModule("img", dm.arrays, **(kw | {"transfer_seed": 2}))
     assert other.spec() != dm.spec()  # the logits cache must not mix them up
 
@@ -265,6 +267,11 @@ def test_augment_makes_shifted_and_flipped_copies() -> None:
     assert 50 < flips < 150
 
 
+def whole(x: Standardised) -> torch.Tensor:
+    """A memory-mapped source's rows, standardised, as one tensor."""
+    return torch.cat(list(x.split(1000)))
+
+
 def test_image_pool_is_read_with_pil(tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     (pool / "sub").mkdir(parents=True)
@@ -274,8 +281,8 @@ def test_image_pool_is_read_with_pil(tmp_path: Path) -> None:
     (pool / "notes.txt").write_text("not an image")
     dm = ArrayDataModule("img", images(), val_size=10, transfer="pool", pool_dir=str(pool), cache_dir=str(tmp_path))
     t = dm.transfer_inputs()
-    assert t.shape == (4, 1, 8, 8)
-    torch.testing.assert_close(t[0], dm.standardise(pixels[:1, None])[0])  # 0.png first: sorted by path
+    assert t.shape == (4, 1, 8, 8) and isinstance(t, Standardised) and isinstance(t.raw, np.memmap)
+    torch.testing.assert_close(whole(t)[0], dm.standardise(pixels[:1, None])[0])  # 0.png first: sorted by path
     Image.fromarray(pixels[0][:5]).save(pool / "small.jpg")
     with pytest.raises(UserError, match="small.jpg: 8x5 pixels; the dataset's images are 8x8") as err:
         ArrayDataModule("img", images(), val_size=10, transfer="pool", pool_dir=str(pool),

@@ -1,4 +1,6 @@
-"""Content-addressed .npz caches: atomic writes, sha256 verified on every read, rebuilt when corrupt."""
+"""Content-addressed caches: atomic writes, sha256 verified on every read, rebuilt when corrupt. Small arrays go in
+one .npz read into memory (`cached`); large ones (teacher logits, image pools: paper scale is GBs) in a folder of
+.npy files, written and read as memory maps (`cached_maps`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -15,6 +18,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
+Allocate = Callable[[str, tuple[int, ...], np.dtype | str], np.ndarray]  # (name, shape, dtype) -> array to fill
+SUMS = "sha256sums.txt"  # a map folder's checksums: "<sha256>  <name>.npy" per array, as sha256sum writes them
 
 
 def sha256(chunks: Iterable[bytes]) -> str:
@@ -99,4 +104,63 @@ def cached(path: Path, build: Callable[[], Arrays]) -> tuple[Arrays, bool]:
         return arrays, True
     arrays = build()
     save_atomic(path, arrays)
+    return arrays, False
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def load_maps(folder: Path) -> Arrays | None:
+    """The arrays of the map folder, memory-mapped copy-on-write (a write changes this process's copy, never the
+    file), if every file matches its checksum; else None (missing, partial or corrupt)."""
+    sums = folder / SUMS
+    if not sums.is_file():
+        return None
+    expected = {name: sha for sha, name in (line.split() for line in sums.read_text().splitlines() if line.strip())}
+    actual = {p.name: sha256_file(p) for p in sorted(folder.glob("*.npy"))}
+    if actual != expected:
+        log.warning("cache folder %s fails its checksums: rebuilding it", folder)
+        return None
+    return {Path(name).stem: np.load(folder / name, mmap_mode="c", allow_pickle=False) for name in expected}
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 of a map folder's checksum file: one hex string naming all its arrays' bytes."""
+    return sha256_file(folder / SUMS)
+
+
+def cached_maps(folder: Path, build: Callable[[Allocate], None]) -> tuple[Arrays, bool]:
+    """Arrays memory-mapped from the verified map folder, or built there first; the flag says it was a hit.
+
+    `build(allocate)` fills arrays it asks for with `allocate(name, shape, dtype)`: each a memory map of a new .npy
+    in a temporary folder beside `folder`, so nothing is held whole in memory. Once built, the files are flushed,
+    checksummed and the folder renamed into place: readers never see a partial one. A job that loses the race to
+    another writing the same folder keeps the other's (the same arrays: the folder's name is their key)."""
+    arrays = load_maps(folder)
+    if arrays is not None:
+        return arrays, True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        build(lambda name, shape, dtype: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.dtype(dtype),
+                                                                   tuple(shape)))
+        lines = []
+        for path in sorted(tmp.glob("*.npy")):
+            _fsync(path)
+            lines.append(f"{sha256_file(path)}  {path.name}\n")
+        (tmp / SUMS).write_text("".join(lines))
+        _fsync(tmp / SUMS)
+        if load_maps(folder) is None:  # none, or a corrupt one; else another job wrote it meanwhile: keep that
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another job renamed its folder into place first
+                pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    arrays = load_maps(folder)
+    if arrays is None:
+        raise RuntimeError(f"cache folder {folder} fails its checksums right after it was written; delete it")
     return arrays, False

@@ -18,9 +18,9 @@ from omegaconf import ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from shallowmimic import checks
-from shallowmimic.cache import cached, digest_arrays, sha256_file, spec_key
+from shallowmimic.cache import Allocate, cached_maps, digest_arrays, folder_digest, spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.data.mapped import Standardised
+from shallowmimic.data.mapped import Standardised, release
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.reuse import FROM
 
@@ -142,35 +142,40 @@ def teacher_device(accelerator: str) -> torch.device:
 
 
 @torch.no_grad()
-def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096,
-            device: torch.device | str = "cpu") -> np.ndarray:
+def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096, device: torch.device | str = "cpu",
+            out: np.ndarray | None = None) -> np.ndarray:
     """The net's fp32 logits for `x` (a memory-mapped source is read a batch at a time), run on `device` in large
-    batches, written into one array as they come (no list of parts and a concatenated copy of it)."""
-    net, out, start = net.to(device), None, 0
+    batches, written as they come into `out` (a memory map: its written pages are released as it fills) or into
+    one new array (no list of parts and a concatenated copy of it)."""
+    net, start = net.to(device), 0
     for part in x.split(batch_size):
         z = net(part.to(device, non_blocking=True)).float().cpu().numpy()
         if out is None:
             out = np.empty((len(x), z.shape[1]), np.float32)
         out[start : start + len(z)] = z
         start += len(z)
+        if isinstance(out, np.memmap) and (start // batch_size) % 16 == 0:  # written pages count in RSS until released
+            out.flush()
+            release(out)
     return out
 
 
 def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_dir: str | Path,
                    device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], str, bool]:
     """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
-    data spec (deterministic, un-augmented inputs only), computed once. Returns (logits, file sha256, hit)."""
-    key = spec_key({"teacher_weights": weights_sha, "data": dm.spec()})
-    path = Path(cache_dir) / f"logits-{key}.npz"
+    data spec (deterministic, un-augmented inputs only), computed once and memory-mapped (a paper-scale transfer
+    set's logits are GBs). Returns (logits, the cache's sha256, hit)."""
+    folder = Path(cache_dir) / f"logits-{spec_key({'teacher_weights': weights_sha, 'data': dm.spec()})}"
     inputs = dm.teacher_inputs()
 
-    def build() -> dict[str, np.ndarray]:
+    def build(allocate: Allocate) -> None:
         log.info("running the teacher over %d inputs", sum(len(v) for v in inputs.values()))
-        return {split: _logits(net, x, device=device) for split, x in inputs.items()}
+        for split, x in inputs.items():  # the teacher was built with the data's classes (check_teacher)
+            _logits(net, x, device=device, out=allocate(split, (len(x), dm.num_classes), np.float32))
 
-    arrays, hit = cached(path, build)
-    _check_rows(path, arrays, inputs)
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path), hit
+    arrays, hit = cached_maps(folder, build)
+    _check_rows(folder, arrays, inputs)
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, folder_digest(folder), hit
 
 
 def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Tensor | Standardised]) -> None:
@@ -191,21 +196,25 @@ def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModu
         # the mean is cached too, keyed by the members' weights as a set (sorted: the order given does not matter,
         # and summing in one fixed order gives the same bits every time)
         key = spec_key({"ensemble_weights": sorted(digests), "data": dm.spec()})
-        path = Path(cache_dir) / f"logits-{key}.npz"
+        folder = Path(cache_dir) / f"logits-{key}"
         ordered = sorted(members, key=lambda m: m[1])
 
-        def build() -> dict[str, np.ndarray]:
+        def build(allocate: Allocate) -> None:
             each = [teacher_logits(net, digest, dm, cache_dir, device)[0] for net, digest in ordered]
-            return {split: mean_logits([m[split] for m in each]) for split in each[0]}
+            for split in each[0]:
+                mean_logits([m[split] for m in each], allocate(split, tuple(each[0][split].shape), np.float32))
 
-        arrays, hit = cached(path, build)
-        _check_rows(path, arrays, dm.teacher_inputs())
-        logits, sha = {k: torch.from_numpy(v) for k, v in arrays.items()}, sha256_file(path)
+        arrays, hit = cached_maps(folder, build)
+        _check_rows(folder, arrays, dm.teacher_inputs())
+        logits, sha = {k: torch.from_numpy(v) for k, v in arrays.items()}, folder_digest(folder)
     tags = {"teacher_weights_sha256": ",".join(digests), "teacher_logits_sha256": sha,
             "logits_cache": "hit" if hit else "miss"}
     return logits, tags
 
 
-def mean_logits(logits: Sequence[Tensor]) -> np.ndarray:
-    """The ensemble's targets: the members' logits averaged (in float64, stored as float32)."""
-    return torch.stack(list(logits)).double().mean(0).float().numpy()
+def mean_logits(logits: Sequence[Tensor], out: np.ndarray, rows: int = 65_536) -> np.ndarray:
+    """The ensemble's targets: the members' logits averaged (in float64, stored as float32) into `out`, a block of
+    rows at a time (a whole stack of paper-scale members would not fit in memory)."""
+    for start in range(0, len(out), rows):
+        out[start : start + rows] = torch.stack([m[start : start + rows] for m in logits]).double().mean(0).numpy()
+    return out

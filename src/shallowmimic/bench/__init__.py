@@ -8,9 +8,10 @@
 (a) a plain loop, (b) our Lightning path training only, (c) the full path `train` runs each epoch (validation,
 checkpoints, MLflow logging): see contenders.py. They run interleaved (a b c a b c ... a) for several repeats of at
 least --min-seconds each; the table gives medians with their min-max, and (b)/(a), (c)/(a) by round, each over the
-mean of the (a) either side, so a drift of the machine's speed hits every contender alike. Inputs are random (already standardised) with random
-logits: speed does not depend on the values. Each shape is one MLflow run tagged role=bench, in the store train.py
-uses, with the load average before and after. With another job on the cores, `--threads 1` gives steadier figures.
+mean of the (a) either side, so a drift of the machine's speed hits every contender alike. Inputs are random
+(already standardised) with random logits: speed does not depend on the values. Each shape is one MLflow run
+tagged role=bench, in the store train.py uses, with the load average before and after. With another job on the
+cores, `--threads 1` gives steadier figures.
 """
 
 from shallowmimic.bench.cli import SHAPES, main, parse_shape

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
           f"{torch.get_num_threads()} torch threads; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(table(["shape", *(h for h, _, _ in COLUMNS), "epoch s (a)", "epoch s (c)"], cells))
     print("(a) plain PyTorch loop; (b) our Lightning path, training only; (c) the full path of `train` (validation, "
-          "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios by round, over the mean of the (a) either side.")
+          "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios by round, "
+          "over the mean of the (a) either side.")
     busiest = max(float(m["bench/load_1m"]) for _, m in rows)
     if busiest > (os.cpu_count() or 1) / 2:  # other jobs took cores: spreads widen, threads spin-wait on each other
         print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: other work shared the machine, "

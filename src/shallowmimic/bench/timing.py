@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def paired_ratios(results: dict[str, list[float]], over: str) -> dict[str, Sprea
     wall time: other tenants' memory traffic), so a ratio to the baseline just before misreads a drift as a
     difference; the bracket cancels a steady drift."""
     base = results[over]
-    brackets = [(before + after) / 2 for before, after in zip(base, base[1:])]
+    brackets = [(before + after) / 2 for before, after in pairwise(base)]
     return {name: Spread.of([x / b for x, b in zip(values, brackets, strict=True)])
             for name, values in results.items() if name != over}
 

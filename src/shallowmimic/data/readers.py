@@ -236,14 +236,15 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_image_folder(files: list[Path], shape: tuple[int, ...]) -> np.ndarray:
-    """Images as uint8 (N, C, H, W), greyscale or RGB as `shape` says; each must be the dataset's H x W."""
+def read_image_folder(files: list[Path], shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """Images as uint8 (N, C, H, W), greyscale or RGB as `shape` says, into `out` if given (a memory map: a
+    paper-scale pool is GBs); each must be the dataset's H x W."""
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise UserError(f"data.pool_dir: an image pool needs 1- or 3-channel image data; inputs here are {shape}")
     from PIL import Image, UnidentifiedImageError  # imported here: only image pools need it
 
     channels, height, width = shape
-    out = np.empty((len(files), channels, height, width), np.uint8)
+    out = np.empty((len(files), channels, height, width), np.uint8) if out is None else out
     for i, path in enumerate(files):
         try:
             with Image.open(path) as image:

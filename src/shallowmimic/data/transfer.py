@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shallowmimic.cache import cached, spec_key
+from shallowmimic.cache import Allocate, cached_maps, spec_key
 from shallowmimic.data.mapped import Standardised
 from shallowmimic.data.readers import image_files, read_image_folder
 from shallowmimic.errors import UserError
@@ -52,11 +52,14 @@ def pool(dm: ArrayDataModule) -> Raw:
     if dm.pool_dir is None:
         return dm.unlabelled, None
     key = spec_key([pool_key(dm.pool_dir), dm.in_shape])  # the shape: read as RGB or grey
-    arrays, hit = cached(dm.cache_dir / f"{dm.name}-pool-{key}.npz",
-                         lambda: {"x": read_image_folder(image_files(dm.pool_dir), dm.in_shape)})
-    if not hit:
-        log.info("read %d pool images from %s", len(arrays["x"]), dm.pool_dir)
-    return arrays["x"], None
+
+    def build(allocate: Allocate) -> None:
+        files = image_files(dm.pool_dir)
+        read_image_folder(files, dm.in_shape, allocate("x", (len(files), *dm.in_shape), np.uint8))
+        log.info("read %d pool images from %s", len(files), dm.pool_dir)
+
+    # memory-mapped: served standardised a batch at a time (build), never held whole
+    return cached_maps(dm.cache_dir / f"{dm.name}-pool-{key}", build)[0]["x"], None
 
 
 def augmented(dm: ArrayDataModule) -> Raw:
@@ -66,14 +69,14 @@ def augmented(dm: ArrayDataModule) -> Raw:
     spec = {"name": dm.name, "sha256": dm.digest, "val_size": dm.val_size, "split_seed": dm.split_seed,
             "n": n, "seed": seed, "pad": dm.augment_pad, "flip": dm.augment_flip}
 
-    def build() -> dict[str, np.ndarray]:
+    def build(allocate: Allocate) -> None:
         x, y = dm.train_raw
         log.info("making %d augmented copies of the %d %s training images", n, len(y), dm.name)
-        copies, source = augment(x, n, seed, dm.augment_pad, dm.augment_flip)
-        return {"x": copies, "y": y[source]}
+        _, source = augment(x, n, seed, dm.augment_pad, dm.augment_flip, allocate("x", (n, *x.shape[1:]), x.dtype))
+        allocate("y", (n,), y.dtype)[:] = y[source]
 
-    arrays, _ = cached(dm.cache_dir / f"{dm.name}-augment-n{n}-s{seed}-{spec_key(spec)}.npz", build)
-    return arrays["x"], arrays["y"]  # copies of labelled images keep their labels
+    arrays, _ = cached_maps(dm.cache_dir / f"{dm.name}-augment-n{n}-s{seed}-{spec_key(spec)}", build)
+    return arrays["x"], np.asarray(arrays["y"])  # copies of labelled images keep their labels
 
 
 TRANSFERS: dict[str, Callable[[ArrayDataModule], Raw]] = {
@@ -122,16 +125,16 @@ def far_from(x: Tensor | Standardised, ref: Tensor, tol: float, chunk: int = 50_
     return torch.cat(near) > tol
 
 
-def augment(x: np.ndarray, n: int, seed: int, pad: int, flip: bool,
+def augment(x: np.ndarray, n: int, seed: int, pad: int, flip: bool, out: np.ndarray | None = None,
             chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
     """`n` random copies of images x (N, C, H, W): each a random H x W crop of the image zero-padded by `pad`
-    pixels (a shift of up to `pad`), mirrored left-right half the time if `flip`. Returns the copies (x's dtype)
-    and the index of each copy's source image."""
+    pixels (a shift of up to `pad`), mirrored left-right half the time if `flip`. Returns the copies (x's dtype; in
+    `out` if given) and the index of each copy's source image."""
     rng = np.random.default_rng(seed)
     _, c, h, w = x.shape
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     source = rng.integers(0, len(x), n)
-    out = np.empty((n, c, h, w), x.dtype)
+    out = np.empty((n, c, h, w), x.dtype) if out is None else out
     for start in range(0, n, chunk):  # bounded index arrays, whatever n
         idx = source[start : start + chunk]
         m = len(idx)
