@@ -58,7 +58,7 @@ def pool(dm: ArrayDataModule) -> Raw:
         read_image_folder(files, dm.in_shape, allocate("x", (len(files), *dm.in_shape), np.uint8))
         log.info("read %d pool images from %s", len(files), dm.pool_dir)
 
-    # memory-mapped: served standardised a batch at a time (build), never held whole
+    # a memory map: build() below serves it standardised a batch at a time, never whole
     return cached_maps(dm.cache_dir / f"{dm.name}-pool-{key}", build)[0]["x"], None
 
 
