@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
           "checkpoints, MLflow logging each epoch). Goals: (b)/(a) >= 0.95, (c)/(a) >= 0.9; ratios by round, "
           "over the mean of the (a) either side.")
     busiest = max(float(m["bench/load_1m"]) for _, m in rows)
-    if busiest > (os.cpu_count() or 1) / 2:  # other jobs took cores: spreads widen, threads spin-wait on each other
-        print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores: other work shared the machine, "
+    # the load average counts the bench's own torch threads: beyond them, other jobs took cores (spreads widen,
+    # threads spin-wait on each other)
+    if busiest - torch.get_num_threads() > 0.5:
+        print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} cores with "
+              f"{torch.get_num_threads()} torch thread(s) here: other work shared the machine, "
               "so these figures are noisy (see the spreads); rerun on a quiet machine"
               + (" or with --threads 1" if torch.get_num_threads() > 1 else ""))
     if args.extras:
