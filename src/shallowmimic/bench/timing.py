@@ -1,5 +1,5 @@
 """Trustworthy timings on a shared machine: contenders run in turn (A B C A B C ... A), so a change of load hits all of
-them alike; each repeat lasts seconds; figures are medians with their spread, ratios taken within a repeat."""
+them alike; each repeat lasts seconds; figures are medians with their spread, ratios taken round by round."""
 
 from __future__ import annotations
 
