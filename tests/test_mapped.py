@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from shallowmimic.bench import main
 from shallowmimic.cache import digest_arrays
 from shallowmimic.data import FeaturesDataModule
-from shallowmimic.data.mapped import Concat, Standardised
-from shallowmimic.teacher import _logits
+from shallowmimic.data.mapped import Concat, Rows, Standardised
+from shallowmimic.teacher import _logits, teacher_logits
 
 from .conftest import runs_of
 
@@ -52,9 +52,11 @@ def test_a_mapped_pool_gives_the_same_inputs_targets_and_batches_as_in_memory(tm
     assert torch.allclose(torch.cat(list(mapped.transfer_inputs().split(32))), plain.transfer_inputs())
     net = torch.nn.Linear(6, 4)
     attach(plain, net)
-    attach(mapped, net)
+    mapped.attach_logits(teacher_logits(net, "w", mapped, tmp_path / "logits")[0])  # the cache's memory maps
     for key in ("x", "z"):  # never one concatenated copy of train + transfer
         assert isinstance(mapped.splits["mimic"][key], Concat)
+    transfer_z = mapped.splits["mimic"]["z"].parts[1]
+    assert isinstance(transfer_z, Rows) and isinstance(transfer_z.raw, np.memmap)
     assert torch.equal(mapped.splits["mimic"]["y"], plain.splits["mimic"]["y"])
     for _ in range(2):  # two epochs: the same permutation of the same rows
         pairs = list(zip(plain.train_dataloader(), mapped.train_dataloader(), strict=True))
@@ -63,6 +65,7 @@ def test_a_mapped_pool_gives_the_same_inputs_targets_and_batches_as_in_memory(tm
             assert a.keys() == b.keys()
             assert torch.equal(a["y"], b["y"]) and torch.allclose(a["z"], b["z"]) and torch.allclose(a["x"], b["x"])
     assert mapped.transfer_inputs()._file is not None  # scattered rows were read with pread, not through the map
+    assert transfer_z._file is not None  # their logits too
 
 
 def test_mapped_batches_come_in_chunks_of_steps(tmp_path: Path) -> None:

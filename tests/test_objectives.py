@@ -119,8 +119,8 @@ def test_ensemble_targets_are_the_mean_of_the_members_logits(two_teachers, make_
     attached: dict[str, torch.Tensor] = {}
     attach = MNIST1DDataModule.attach_logits
 
-    def spy(self, logits: dict[str, torch.Tensor]) -> None:
-        attached.update(logits)
+    def spy(self, logits: dict[str, np.ndarray]) -> None:
+        attached.update({k: torch.from_numpy(np.array(v)) for k, v in logits.items()})
         attach(self, logits)
 
     monkeypatch.setattr(MNIST1DDataModule, "attach_logits", spy)
@@ -141,7 +141,7 @@ def test_ensemble_targets_are_the_mean_of_the_members_logits(two_teachers, make_
         net, digest = load_teacher(client, run, dm)
         logits, _, hit = teacher_logits(net, digest, dm, outputs / "cache" / "logits")
         assert hit  # each member's logits were cached by the mimic's run
-        members.append(logits)
+        members.append({k: torch.from_numpy(v) for k, v in logits.items()})
     (ensemble_folder,) = [p for p in (outputs / "cache" / "logits").glob("logits-*")
                           if folder_digest(p) == mimic.data.tags["teacher_logits_sha256"]]
     for split, targets in attached.items():

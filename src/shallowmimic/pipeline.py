@@ -118,8 +118,8 @@ def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], d
     run.tags(cache_tags)
     run.params({"data.n_transfer": len(dm.transfer_inputs()), "data.n_duplicates_dropped": dm.n_duplicates_dropped})
     # the accuracy of the targets themselves: what a perfect mimic would score (Figure 3's x axis)
-    run.metrics({f"teacher/{split}_acc": (logits[split].argmax(1) == dm.splits[split]["y"]).float().mean().item()
-                 for split in ("val", "test")})
+    run.metrics({f"teacher/{s}_acc": (dm.splits[s]["z"].argmax(1) == dm.splits[s]["y"]).float().mean().item()
+                 for s in ("val", "test")})
 
 
 def lineage(cfg: DictConfig, teachers: list[MlflowRun]) -> dict[str, str]:

@@ -161,10 +161,10 @@ def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096, de
 
 
 def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_dir: str | Path,
-                   device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], str, bool]:
+                   device: torch.device | str = "cpu") -> tuple[dict[str, np.ndarray], str, bool]:
     """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
-    data spec (deterministic, un-augmented inputs only), computed once and memory-mapped (a paper-scale transfer
-    set's logits are GBs). Returns (logits, the cache's sha256, hit)."""
+    data spec (deterministic, un-augmented inputs only), computed once. Returns (logits as memory maps of the cache:
+    a paper-scale transfer set's are GBs, the cache's sha256, hit)."""
     folder = Path(cache_dir) / f"logits-{spec_key({'teacher_weights': weights_sha, 'data': dm.spec()})}"
     inputs = dm.teacher_inputs()
 
@@ -175,7 +175,7 @@ def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_
 
     arrays, hit = cached_maps(folder, build)
     _check_rows(folder, arrays, inputs)
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}, folder_digest(folder), hit
+    return arrays, folder_digest(folder), hit
 
 
 def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Tensor | Standardised]) -> None:
@@ -185,9 +185,10 @@ def _check_rows(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, Ten
 
 
 def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModule, cache_dir: str | Path,
-                    device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
-    """The teachers' logits for every split the student uses (the mean over the runs for an ensemble, as in the
-    paper) and the student's lineage tags: members' weight digests, the targets' sha256, cache hit or miss."""
+                    device: torch.device | str = "cpu") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The teachers' logits for every split the student uses (memory maps of the cache; the mean over the runs for an
+    ensemble, as in the paper) and the student's lineage tags: members' weight digests, the targets' sha256, cache
+    hit or miss."""
     members = [load_teacher(client, run, dm) for run in runs]
     digests = [digest for _, digest in members]
     if len(members) == 1:
@@ -206,15 +207,15 @@ def ensemble_logits(client: MlflowClient, runs: Sequence[Run], dm: ArrayDataModu
 
         arrays, hit = cached_maps(folder, build)
         _check_rows(folder, arrays, dm.teacher_inputs())
-        logits, sha = {k: torch.from_numpy(v) for k, v in arrays.items()}, folder_digest(folder)
+        logits, sha = arrays, folder_digest(folder)
     tags = {"teacher_weights_sha256": ",".join(digests), "teacher_logits_sha256": sha,
             "logits_cache": "hit" if hit else "miss"}
     return logits, tags
 
 
-def mean_logits(logits: Sequence[Tensor], out: np.ndarray, rows: int = 65_536) -> np.ndarray:
+def mean_logits(logits: Sequence[np.ndarray], out: np.ndarray, rows: int = 65_536) -> np.ndarray:
     """The ensemble's targets: the members' logits averaged (in float64, stored as float32) into `out`, a block of
     rows at a time (a whole stack of paper-scale members would not fit in memory)."""
     for start in range(0, len(out), rows):
-        out[start : start + rows] = torch.stack([m[start : start + rows] for m in logits]).double().mean(0).numpy()
+        out[start : start + rows] = np.stack([m[start : start + rows] for m in logits]).astype(np.float64).mean(0)
     return out

@@ -1,9 +1,11 @@
-"""Inputs too large to hold standardised in memory (a paper-scale transfer set: 1M x 1845 floats, 7.4 GB): kept as a
-memory map of the file in its stored dtype, read a batch of rows at a time and standardised as they are read; and
-sources of rows laid end to end (train + transfer) served by index without one concatenated copy."""
+"""Arrays too large to hold in memory (a paper-scale transfer set: 1M x 1845 floats, 7.4 GB; its logits: 0.73 GB):
+kept as a memory map of the file in its stored dtype, read a batch of rows at a time (Rows) and standardised as they
+are read (Standardised); and sources of rows laid end to end (train + transfer) served by index without one
+concatenated copy (Concat)."""
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 from collections.abc import Iterator, Sequence
@@ -39,13 +41,12 @@ def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
             release(a)
 
 
-class Standardised:
-    """Raw rows (a memory map, in its stored dtype) served standardised: `self[idx]` reads rows idx (in file order,
-    for sequential reads), casts them to float32 and standardises them on the device they are moved to."""
+class Rows:
+    """Rows of a large array (a memory map, in its stored dtype) served by index, a batch at a time: `self[idx]` reads
+    rows idx (in file order, for sequential reads) and casts them to float32 on the device they are moved to."""
 
-    def __init__(self, raw: np.ndarray, mean: Tensor, std: Tensor, index: np.ndarray | None = None) -> None:
-        self.raw, self.mean, self.std, self.index = raw, mean, std, index
-        self.device = mean.device
+    def __init__(self, raw: np.ndarray, index: np.ndarray | None = None, device: torch.device | str = "cpu") -> None:
+        self.raw, self.index, self.device = raw, index, torch.device(device)
         self._read = 0  # bytes read through the map since its pages were last released
         self._file = None  # the mapped file, opened for pread on the first scattered read
 
@@ -60,33 +61,34 @@ class Standardised:
         """The raw rows (MLflow's dataset profile reads the shape and dtype only)."""
         return self.raw if self.index is None else self.raw[self.index]
 
-    def to(self, device: torch.device | str) -> Standardised:
-        """Standardise on `device` from now on (rows are read on the CPU, then moved there)."""
-        self.mean, self.std, self.device = self.mean.to(device), self.std.to(device), torch.device(device)
+    def to(self, device: torch.device | str) -> Rows:
+        """Serve rows on `device` from now on (they are read on the CPU, then moved there)."""
+        self.device = torch.device(device)
         return self
 
-    def subset(self, keep: np.ndarray) -> Standardised:
+    def subset(self, keep: np.ndarray) -> Rows:
         """The rows where the mask `keep` is true."""
         rows = np.flatnonzero(keep)
-        return Standardised(self.raw, self.mean, self.std, rows if self.index is None else self.index[rows])
+        out = copy.copy(self)
+        out.index, out._read, out._file = rows if self.index is None else self.index[rows], 0, None
+        return out
 
-    def _standardise(self, rows: np.ndarray) -> Tensor:
+    def _convert(self, rows: np.ndarray) -> Tensor:
         self._read += rows.nbytes
         if self._read > RELEASE_BYTES:
             release(self.raw)
             self._read = 0
-        x = torch.from_numpy(rows).to(self.device, non_blocking=True).float()
-        return (x - self.mean) / self.std
+        return torch.from_numpy(rows).to(self.device, non_blocking=True).float()
 
     def __getitem__(self, idx: Tensor) -> Tensor:
-        """Rows idx (a 1-d index tensor), standardised, in the order asked."""
+        """Rows idx (a 1-d index tensor), in the order asked."""
         i = idx.cpu().numpy()
         if self.index is not None:
             i = self.index[i]
         order = np.argsort(i, kind="stable")
         rows = np.empty((len(i), *self.raw.shape[1:]), self.raw.dtype)
         rows[order] = self._gather(i[order])  # read in file order, put back in the order asked
-        return self._standardise(rows)
+        return self._convert(rows)
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         """Rows (sorted) of the raw array. A whole mapped .npy is read with pread, not through the map: a fault on
@@ -106,19 +108,36 @@ class Standardised:
         return out
 
     def split(self, size: int) -> Iterator[Tensor]:
-        """Consecutive chunks of up to `size` rows, standardised (as Tensor.split; one empty chunk if no rows)."""
+        """Consecutive chunks of up to `size` rows, as served (as Tensor.split; one empty chunk if no rows)."""
         for start in range(0, max(1, len(self)), size):
             if self.index is None:
-                yield self._standardise(np.asarray(self.raw[start : start + size]))
+                yield self._convert(np.asarray(self.raw[start : start + size]))
             else:
                 yield self[torch.from_numpy(np.arange(start, min(start + size, len(self))))]
 
 
+class Standardised(Rows):
+    """Raw rows served standardised: cast to float32 and standardised on the device they are moved to (a paper-scale
+    transfer set is never held standardised in memory)."""
+
+    def __init__(self, raw: np.ndarray, mean: Tensor, std: Tensor, index: np.ndarray | None = None) -> None:
+        super().__init__(raw, index, mean.device)
+        self.mean, self.std = mean, std
+
+    def to(self, device: torch.device | str) -> Standardised:
+        """Standardise on `device` from now on."""
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return super().to(device)
+
+    def _convert(self, rows: np.ndarray) -> Tensor:
+        return (super()._convert(rows) - self.mean) / self.std
+
+
 class Concat:
-    """Sources of rows (tensors, Standardised) end to end, served by index: `self[idx]` gathers each row from the
+    """Sources of rows (tensors, Rows) end to end, served by index: `self[idx]` gathers each row from the
     source holding it, so the mimic's train + transfer rows never exist as one concatenated copy."""
 
-    def __init__(self, parts: Sequence[Tensor | Standardised]) -> None:
+    def __init__(self, parts: Sequence[Tensor | Rows]) -> None:
         self.parts = list(parts)
         self.starts = torch.tensor(np.cumsum([0] + [len(p) for p in self.parts]))
 
@@ -130,7 +149,7 @@ class Concat:
         return (len(self), *self.parts[0].shape[1:])
 
     def to(self, device: torch.device | str) -> Concat:
-        """The tensors moved to `device` (copies there), the Standardised sources told to standardise there."""
+        """The tensors moved to `device` (copies there), the Rows sources told to serve there."""
         self.parts = [p.to(device) for p in self.parts]
         return self
 

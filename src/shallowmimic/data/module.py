@@ -13,7 +13,7 @@ from shallowmimic import checks
 from shallowmimic.cache import Arrays, digest_arrays, spec_key
 from shallowmimic.data import transfer as transfers
 from shallowmimic.data.loader import Batch, InMemoryLoader
-from shallowmimic.data.mapped import Concat, Standardised
+from shallowmimic.data.mapped import Concat, Rows, Standardised
 from shallowmimic.data.readers import validate
 from shallowmimic.errors import UserError
 
@@ -158,17 +158,22 @@ class ArrayDataModule(L.LightningDataModule):
         self.setup()
         return {**{k: v["x"] for k, v in self.splits.items()}, "transfer": self.transfer_inputs()}
 
-    def attach_logits(self, logits: dict[str, Tensor]) -> None:
-        """Give each split the teacher's logits `z`; the mimic then trains on train + transfer inputs, with `y` the
-        true label of training rows and -1 on transfer rows without one."""
+    def attach_logits(self, logits: dict[str, Tensor | np.ndarray]) -> None:
+        """Give each split the teacher's logits `z` (tensors, or arrays such as the cache's memory maps); the mimic
+        then trains on train + transfer inputs, with `y` the true label of training rows and -1 on transfer rows
+        without one."""
+        z = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in logits.items()}
         for split in ("train", "val", "test"):
-            self.splits[split]["z"] = logits[split]
+            self.splits[split]["z"] = z[split]
         self.transfer_inputs()
         train, extra = self.splits["train"], self._transfer
-        # a memory-mapped transfer set is served by index beside the training rows, never concatenated with them
-        join = torch.cat if isinstance(extra["x"], Tensor) else Concat
+        if isinstance(extra["x"], Tensor):
+            join = torch.cat
+        else:  # a memory-mapped transfer set (and its logits) is served by index beside the training rows, never
+            join = Concat  # concatenated with them; mapped logits read by pread, as the inputs (mapped.Rows)
+            z["transfer"] = Rows(logits["transfer"]) if isinstance(logits["transfer"], np.memmap) else z["transfer"]
         self.splits["mimic"] = {"x": join([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
-                                "z": join([logits["train"], logits["transfer"]])}
+                                "z": join([z["train"], z["transfer"]])}
 
     @property
     def n_train_rows(self) -> int:
