@@ -1,6 +1,6 @@
 """Throughput of student training against a plain PyTorch loop, on the same data, model and batch size.
 
-    python -m shallowmimic.bench                        # MNIST-1D's shape and the paper's, ~2 minutes on 2 cores
+    python -m shallowmimic.bench                        # MNIST-1D's shape and the paper's, ~4 minutes on 2 cores
     python -m shallowmimic.bench --shape mnist1d --repeats 5 --extras
     python -m shallowmimic.bench --shape paper:n=25600 mnist1d:b=1024
     python -m shallowmimic.bench --scale               # peak RSS at paper scale: 1M x 1845 pool (bench/scale.py)

@@ -57,7 +57,7 @@ def parse_shape(text: str) -> Shape:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; the defaults take about two minutes on 2 CPU cores."""
+    """Command-line options; the defaults take about four minutes on 2 CPU cores."""
     p = argparse.ArgumentParser(prog="python -m shallowmimic.bench", description=sys.modules["shallowmimic.bench"]
                                 .__doc__.split("\n")[0])
     p.add_argument("--shape", type=parse_shape, nargs="+", default=[SHAPES["mnist1d"], SHAPES["paper"]],
