@@ -123,7 +123,11 @@ def load_maps(folder: Path) -> Arrays | None:
     if actual != expected:
         log.warning("cache folder %s fails its checksums: rebuilding it", folder)
         return None
-    return {Path(name).stem: np.load(folder / name, mmap_mode="c", allow_pickle=False) for name in expected}
+    return _open_maps(folder)
+
+
+def _open_maps(folder: Path) -> Arrays:
+    return {p.stem: np.load(p, mmap_mode="c", allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
 
 
 def folder_digest(folder: Path) -> str:
@@ -156,11 +160,12 @@ def cached_maps(folder: Path, build: Callable[[Allocate], None]) -> tuple[Arrays
             shutil.rmtree(folder, ignore_errors=True)
             try:
                 os.rename(tmp, folder)
+                return _open_maps(folder), False  # just checksummed: not read a second time
             except OSError:  # another job renamed its folder into place first
                 pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    arrays = load_maps(folder)
+    arrays = load_maps(folder)  # the other job's
     if arrays is None:
         raise RuntimeError(f"cache folder {folder} fails its checksums right after it was written; delete it")
     return arrays, False

@@ -163,8 +163,8 @@ def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096, de
 def teacher_logits(net: nn.Module, weights_sha: str, dm: ArrayDataModule, cache_dir: str | Path,
                    device: torch.device | str = "cpu") -> tuple[dict[str, np.ndarray], str, bool]:
     """The teacher's logits for every split the mimic uses, from a cache keyed by the weights' hash and the
-    data spec (deterministic, un-augmented inputs only), computed once. Returns (logits as memory maps of the cache:
-    a paper-scale transfer set's are GBs, the cache's sha256, hit)."""
+    data spec (deterministic, un-augmented inputs only), computed once. Returns the logits as memory maps of the
+    cache (a paper-scale transfer set's are GBs), the cache's sha256, and whether it was a hit."""
     folder = Path(cache_dir) / f"logits-{spec_key({'teacher_weights': weights_sha, 'data': dm.spec()})}"
     inputs = dm.teacher_inputs()
 
@@ -217,5 +217,5 @@ def mean_logits(logits: Sequence[np.ndarray], out: np.ndarray, rows: int = 65_53
     """The ensemble's targets: the members' logits averaged (in float64, stored as float32) into `out`, a block of
     rows at a time (a whole stack of paper-scale members would not fit in memory)."""
     for start in range(0, len(out), rows):
-        out[start : start + rows] = np.stack([m[start : start + rows] for m in logits]).astype(np.float64).mean(0)
+        out[start : start + rows] = np.stack([m[start : start + rows] for m in logits]).mean(0, dtype=np.float64)
     return out

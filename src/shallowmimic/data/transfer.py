@@ -76,7 +76,7 @@ def augmented(dm: ArrayDataModule) -> Raw:
         allocate("y", (n,), y.dtype)[:] = y[source]
 
     arrays, _ = cached_maps(dm.cache_dir / f"{dm.name}-augment-n{n}-s{seed}-{spec_key(spec)}", build)
-    return arrays["x"], np.asarray(arrays["y"])  # copies of labelled images keep their labels
+    return arrays["x"], arrays["y"]  # copies of labelled images keep their labels
 
 
 TRANSFERS: dict[str, Callable[[ArrayDataModule], Raw]] = {
