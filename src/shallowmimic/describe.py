@@ -12,6 +12,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 
 from shallowmimic.sweep import sweep_parent
+from shallowmimic.tracking import git_commit
 
 # MLflow 3.17's UI picks GenAI or model training from this URL parameter (else the user's last choice, GenAI first)
 UI_VIEW = "workflowType=machine_learning"
@@ -28,8 +29,6 @@ def source_tags() -> dict[str, str]:
     """MLflow's own context tags for this process: mlflow.user, mlflow.source.name/type (the UI's Source and User
     columns), and mlflow.source.git.commit: the checkout's, which MLflow looks for beside the entry point only (not
     found under pytest or an installed package). `git_commit` stays beside them, with its '-dirty' mark."""
-    from shallowmimic.tracking import git_commit  # here: tracking imports this module
-
     tags = {k: v for k, v in resolve_tags().items() if k.startswith(("mlflow.user", "mlflow.source."))}
     commit = git_commit().removesuffix("-dirty")
     return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})

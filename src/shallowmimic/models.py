@@ -5,10 +5,8 @@ show it and `mlflow.pytorch.load_model` brings it back without our code."""
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -22,8 +20,6 @@ from torch import Tensor, nn
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.run import Run
 
-log = logging.getLogger(__name__)
-
 MODEL_ID_TAG = "model_id"  # the run's tag pointing at its LoggedModel
 EXAMPLE_ROWS = 2
 
@@ -34,26 +30,24 @@ def using_store(client: MlflowClient) -> AbstractContextManager[None]:
     return _use_tracking_uri(client._tracking_client.tracking_uri)
 
 
-def best_net(net: nn.Module, checkpoint_path: str | Path) -> nn.Module:
-    """A CPU copy of `net` in eval mode holding the checkpoint's weights (the LightningModule keeps it as `net.`)."""
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
-    out = copy.deepcopy(net).cpu()
-    out.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return out.eval().requires_grad_(False)
+def best_net(net: nn.Module) -> nn.Module:
+    """A CPU copy of `net` in eval mode, for logging: `trainer.test` has loaded the best checkpoint's weights into
+    it, so the file is not read again."""
+    return copy.deepcopy(net).cpu().eval().requires_grad_(False)
 
 
-def record_model(run: Run, checkpoint_path: str | Path, net: nn.Module, dm: ArrayDataModule, tags: dict[str, str],
-                 metrics: dict[str, float]) -> str | None:
-    """Rank 0 logs the best-on-validation checkpoint's net as the run's model; its examples are validation rows."""
-    if not run.writer:
-        return None
-    return log_net(run.client, run.run_id, best_net(net, checkpoint_path), dm.splits["val"]["x"], tags, metrics)
+def record_model(run: Run, net: nn.Module, dm: ArrayDataModule, tags: dict[str, str],
+                 metrics: dict[str, float]) -> None:
+    """Rank 0 logs the net, holding the best-on-validation weights, as the run's model; its examples are validation
+    rows."""
+    if run.writer:
+        log_net(run.client, run.run_id, best_net(net), dm.splits["val"]["x"], tags, metrics)
 
 
 def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, tags: dict[str, str],
-            metrics: dict[str, float]) -> str:
+            metrics: dict[str, float]) -> None:
     """Log `net` (CPU, eval mode) as the run's LoggedModel with a signature inferred on `example` rows; link the
-    run's final `metrics` to it; return its model id."""
+    run's final `metrics` to it and tag the run with its id."""
     x = example[:EXAMPLE_ROWS].detach().cpu().float()
     with torch.no_grad():
         logits = net(x)
@@ -73,7 +67,6 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client.log_batch(run_id, metrics=[linked(client, run_id, key, model.model_id) for key in metrics])
     client.set_tag(run_id, MODEL_ID_TAG, model.model_id)
-    return model.model_id
 
 
 def linked(client: MlflowClient, run_id: str, key: str, model_id: str) -> Metric:

@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # the one look at test, with the best checkpoint (named: "best" would warn about our two checkpoint callbacks)
         metrics = trainer.test(system, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
         metrics |= record_best(run, checkpoint, system, trainer, fit_s, started)
-        record_model(run, checkpoint.best_model_path, net, dm, tags, metrics)
+        record_model(run, net, dm, tags, metrics)  # net: the best checkpoint's weights, loaded by trainer.test
     if run.writer:
         maybe_register(cfg, client, run.run_id)
         print(f"[{name}] run {run.run_id}: {summary(metrics)} ({time.perf_counter() - started:.0f} s)")

@@ -43,8 +43,9 @@ def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersio
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         current = client.get_registered_model(name).aliases.get(ALIAS)
-        if current is not None and client.get_model_version(name, current).run_id == run.info.run_id:
-            return client.get_model_version(name, current)  # already the champion: no second version of it
+        champion = client.get_model_version(name, current) if current is not None else None
+        if champion is not None and champion.run_id == run.info.run_id:
+            return champion  # already the champion: no second version of it
     tags = {"variant": run.data.tags.get("variant", ""), SELECT_ON: str(run.data.metrics.get(SELECT_ON))}
     with using_store(client):
         version = client.create_model_version(name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,

@@ -24,6 +24,6 @@ def install() -> None:
         signal.signal(signum, _interrupt)
 
 
-def exit_status() -> int | None:
-    """128 + the received signal's number (143 for SIGTERM, 130 for SIGINT), or None without one."""
-    return None if received is None else 128 + received
+def exit_status() -> int:
+    """After a signal: 128 + its number (143 for SIGTERM, 130 for SIGINT)."""
+    return 128 + received

@@ -3,6 +3,7 @@ sweep.py)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 from pathlib import Path
@@ -44,8 +45,10 @@ def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
         return client, exp.experiment_id
 
 
+@functools.cache
 def git_commit() -> str:
-    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
+    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git. Asked of git once per
+    process: the code a process runs was loaded when it started (a job asked it three times)."""
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
