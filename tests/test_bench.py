@@ -6,7 +6,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from shallowmimic.bench import SHAPES, linear_macs, main, parse_shape, plain_sps, random_data
+from shallowmimic.bench import SHAPES, cli, linear_macs, main, parse_shape, plain_sps, random_data
 from shallowmimic.bench.timing import interleaved, paired_ratios
 from shallowmimic.nets import CNN1D, ShallowNet
 
@@ -43,6 +43,25 @@ def test_bench_records_one_finished_run_per_shape(store_uri: str, outputs: Path,
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["fit-profile.txt"]
     assert runs["12"].data.params["rank"] == "4" and runs["40"].data.params["rank"] == "None"
     assert runs["12"].data.params["n_inputs"] == "1000" and runs["12"].data.params["batch_size"] == "128"
+
+
+def test_against_times_our_path_with_other_overrides_in_the_same_rounds(
+        store_uri: str, outputs: Path, client: MlflowClient, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[int] = []
+    timed = cli.lightning_sps
+    monkeypatch.setattr(cli, "lightning_sps", lambda cfg, *a, **k: steps.append(cfg.loop.steps_per_batch)
+                        or timed(cfg, *a, **k))
+    main(["--shape", "in=12,w=16,k=none,b=128,n=1000", "--repeats", "2", "--min-seconds", "0.01",
+          "--against", "loop.steps_per_batch=1", "--tracking-uri", store_uri, "--outputs", str(outputs)])
+    assert steps == [32, 32, 1] * 2  # per round (b), (c), then (b'): the default, then the override
+    assert "(b)/(b') " in capsys.readouterr().out
+    (run,) = runs_of(client)
+    assert run.data.params["against"] == "loop.steps_per_batch=1"
+    m = run.data.metrics
+    assert m["bench/against_sps"] > 0 and m["bench/ratio_against_plain"] > 0
+    assert m["bench/ratio_lightning_against_low"] <= m["bench/ratio_lightning_against"] \
+        <= m["bench/ratio_lightning_against_high"]
 
 
 def test_shapes_are_presets_or_specs() -> None:

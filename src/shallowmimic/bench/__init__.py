@@ -3,6 +3,7 @@
     python -m shallowmimic.bench                        # MNIST-1D's shape and the paper's, ~4 minutes on 2 cores
     python -m shallowmimic.bench --shape mnist1d --repeats 5 --extras
     python -m shallowmimic.bench --shape paper:n=25600 mnist1d:b=1024
+    python -m shallowmimic.bench --shape mnist1d --against loop.steps_per_batch=8   # (b) vs (b'), same rounds
     python -m shallowmimic.bench --scale               # peak RSS at paper scale: 1M x 1845 pool (bench/scale.py)
 
 (a) a plain loop, (b) our Lightning path training only, (c) the full path `train` runs each epoch (validation,

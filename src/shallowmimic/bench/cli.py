@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outputs", default=None, help="outputs folder (default: the project's outputs/)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="Hydra overrides of the composed train config, e.g. loop.steps_per_batch=32 loop.compile=true")
+    p.add_argument("--against", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="also (b) with these overrides instead, interleaved, e.g. loop.steps_per_batch=8: "
+                        "prints (b)/(b') round by round")
     p.add_argument("--profile", action="store_true", help="also one (b) fit under Lightning's SimpleProfiler")
     p.add_argument("--extras", action="store_true", help="also cached vs online targets, and GFLOP/s vs a matmul")
     p.add_argument("--online-steps", type=int, default=100, help="--extras: steps per epoch, cached vs online")
@@ -86,13 +89,21 @@ def measure(shape: Shape, args: argparse.Namespace, run_id: str, cfg: object) ->
     epoch_s = (time.perf_counter() - started) * 4 / 2
     epochs = 1 + max(1, math.ceil(args.min_seconds / epoch_s))  # + 1 warm-up epoch
     run_dir = Path(cfg.paths.outputs) / "bench" / run_id
-    results = interleaved({
+    contenders = {
         "plain": lambda: plain_sps(make_net(cfg, shape.in_dim), data, shape.batch, epochs),
         "lightning": lambda: lightning_sps(cfg, data, run_id, epochs),
         "full": lambda: lightning_sps(cfg, data, run_id, epochs, val=val, run_dir=run_dir),
-    }, args.repeats)
+    }
+    if args.against:  # (b'): the same shape, composed with the --against overrides
+        other = bench_config(shape.width, shape.rank, shape.batch, args.tracking_uri, args.outputs,
+                             [*args.set, *args.against])
+        contenders["against"] = lambda: lightning_sps(other, data, run_id, epochs)
+    results = interleaved(contenders, args.repeats)
     spreads = {name: Spread.of(values) for name, values in results.items()} | {
         f"ratio_{name}_plain": ratio for name, ratio in paired_ratios(results, "plain").items()}
+    if args.against:  # same round, neighbours in time: the drift mostly cancels
+        spreads["ratio_lightning_against"] = Spread.of(
+            [b / other for b, other in zip(results["lightning"], results["against"], strict=True)])
     metrics = {"bench/epochs_timed": float(epochs - 1), "bench/plain_epoch_s": shape.inputs / spreads["plain"].median,
                "bench/full_epoch_s": shape.inputs / spreads["full"].median}
     for name, s in spreads.items():
@@ -116,6 +127,7 @@ def bench_one(shape: Shape, args: argparse.Namespace) -> tuple[str, dict[str, fl
     params = {"shape": shape.name, "in_dim": str(shape.in_dim), "width": str(shape.width), "rank": str(shape.rank),
               "batch_size": str(shape.batch), "n_inputs": str(shape.inputs), "repeats": str(args.repeats),
               "torch_threads": str(torch.get_num_threads()), "overrides": " ".join(args.set),
+              "against": " ".join(args.against),
               "steps_per_batch": str(cfg.loop.steps_per_batch), "compile": str(cfg.loop.compile),
               "n_params": str(n_params(make_net(cfg, shape.in_dim)))}
     tags = {"role": "bench", "git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
@@ -137,6 +149,11 @@ COLUMNS = [("plain/s (a)", "plain_sps", "{:,.0f}"), ("lightning/s (b)", "lightni
            ("(c)/(a)", "ratio_full_plain", "{:.3f}")]
 
 
+def logged(metrics: dict[str, float], key: str) -> Spread:
+    """The spread a shape's run logged as bench/<key>, bench/<key>_low and bench/<key>_high."""
+    return Spread(*(metrics[f"bench/{key}{end}"] for end in ("", "_low", "_high")))
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
     """Run every shape, print the table, return (run name, metrics) per shape (or, with --scale, the memory bench's
     figures)."""
@@ -146,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
     if args.scale is not None:
         return [("scale", scale.run_scale(args))]
     rows = [bench_one(shape, args) for shape in args.shape]
-    cells = [[name, *(fmt(Spread(*(m[f"bench/{k}{end}"] for end in ("", "_low", "_high"))), f) for _, k, f in COLUMNS),
+    cells = [[name, *(fmt(logged(m, k), f) for _, k, f in COLUMNS),
               f"{m['bench/plain_epoch_s']:.2f}", f"{m['bench/full_epoch_s']:.2f}"] for name, m in rows]
     print(f"\nsamples/s of student training, median [min-max] of {args.repeats} interleaved repeats of "
           f"{', '.join(str(int(m['bench/epochs_timed'])) for _, m in rows)} timed epoch(s) each; "
@@ -163,6 +180,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
               f"{torch.get_num_threads()} torch thread(s) here: other work shared the machine, "
               "so these figures are noisy (see the spreads); rerun on a quiet machine"
               + (" or with --threads 1" if torch.get_num_threads() > 1 else ""))
+    for name, m in rows if args.against else []:
+        print(f"{name}: (b)/(b') {fmt(logged(m, 'ratio_lightning_against'), '{:.3f}')} by round, (b') = (b) with "
+              f"{' '.join(args.against)}")
     if args.extras:
         print(table(["shape", "cached/online", "GFLOP/s", "matmul GFLOP/s", "(d) ratio"], [
             [n, f"{m['bench/ratio_cached_online']:.2f}", f"{m['bench/gflops']:.1f}", f"{m['bench/matmul_gflops']:.1f}",
