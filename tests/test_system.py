@@ -36,14 +36,15 @@ def test_labels_loss_is_cross_entropy() -> None:
     assert torch.isclose(labels_loss(logits, {"y": y}), expected)
 
 
-def fit_tiny(steps: int, x: torch.Tensor | None = None, compile: bool = False) -> tuple[System, L.Trainer]:
+def fit_tiny(steps: int, x: torch.Tensor | None = None, compile: bool = False,
+             max_steps: int = -1) -> tuple[System, L.Trainer]:
     """One epoch of a tiny mimic on CPU, the loader serving `steps` batches per item."""
     g = torch.Generator().manual_seed(0)
     data = {"x": torch.randn(200, 8, generator=g) if x is None else x, "z": torch.randn(200, 3, generator=g),
             "y": torch.randint(0, 3, (200,), generator=g)}
     torch.manual_seed(0)
     system = System(ShallowNet(8, 3, width=16), mimic_loss, partial(torch.optim.Adam, lr=1e-2), 3, compile=compile)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(system, train_dataloaders=InMemoryLoader(data, 32, shuffle=True, steps=steps))
     return system, trainer
@@ -56,6 +57,13 @@ def test_several_steps_per_loader_item_train_exactly_as_one_per_item() -> None:
         assert torch.equal(value, four.state_dict()[key]), key
     # the epoch mean weights each step by its rows, however they were grouped
     assert float(t1.callback_metrics["train/loss"]) == pytest.approx(float(t4.callback_metrics["train/loss"]))
+
+
+def test_max_steps_counts_optimizer_steps_inside_an_item() -> None:
+    (one, t1), (four, t4) = fit_tiny(1, max_steps=5), fit_tiny(4, max_steps=5)
+    assert t1.global_step == t4.global_step == 5  # not 7: the second item stops after its first step
+    for key, value in one.state_dict().items():
+        assert torch.equal(value, four.state_dict()[key]), key
 
 
 def test_a_non_finite_loss_stops_the_fit() -> None:
