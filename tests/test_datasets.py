@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule, readers
-from shallowmimic.data.mapped import Standardised
+from shallowmimic.data.mapped import Rows, Standardised
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
@@ -139,6 +139,23 @@ def test_features_npz_and_npy_folder_read_the_same(tmp_path: Path) -> None:
     assert "x_unlabelled" not in load_features(tmp_path / "f.npz", unlabelled=False)
 
 
+def test_an_npz_maps_its_stored_members_and_reads_its_compressed_ones(tmp_path: Path) -> None:
+    arrays = features(x_unlabelled=50) | {"x_test": np.asfortranarray(features()["x_test"].astype(np.float64))}
+    arrays["x_unlabelled"] = arrays["x_unlabelled"][:0]  # an empty member cannot be mapped: read as empty
+    np.savez(tmp_path / "stored.npz", **arrays)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)
+    stored, packed = load_features(tmp_path / "stored.npz"), load_features(tmp_path / "packed.npz")
+    assert all(isinstance(stored[n], np.memmap) for n in ("x_train", "x_test"))  # into the zip, in place
+    assert stored["x_test"].flags.f_contiguous and stored["x_test"].dtype == np.float64
+    assert not any(isinstance(a, np.memmap) for a in packed.values())
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(stored[name], a)
+        np.testing.assert_array_equal(packed[name], a)
+    rows = Rows(stored["x_train"])  # scattered rows are read from the member with pread
+    assert torch.equal(rows[torch.tensor([7, 2, 89])], torch.from_numpy(arrays["x_train"][[7, 2, 89]]))
+    assert rows._file is not None
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.pop("y_test"), "no array y_test"),
     (lambda a: a.update(y_train=a["y_train"][:-1]), "y_train has shape (89,); expected (90,)"),
@@ -165,6 +182,15 @@ def test_missing_or_unset_paths_say_what_to_do(tmp_path: Path, monkeypatch: pyte
         load_features(None)
     with pytest.raises(UserError, match="no such file or folder"):
         load_features(tmp_path / "nope.npz")
+    np.save(tmp_path / "one.npy", np.zeros((3, 2)))
+    with pytest.raises(UserError, match="one.npy: holds one array; give an .npz of named arrays or a folder"):
+        load_features(tmp_path / "one.npy")
+    np.savez(tmp_path / "cut.npz", **features())
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:-100])  # its directory cut off
+    (tmp_path / "junk.txt").write_text("not an array")
+    for bad in ("cut.npz", "junk.txt"):
+        with pytest.raises(UserError, match=f"{bad}: cannot read it"):
+            load_features(tmp_path / bad)
     with pytest.raises(UserError) as err:
         load_mnist(tmp_path)
     message = one_line(err)

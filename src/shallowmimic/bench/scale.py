@@ -6,6 +6,7 @@ the pool and train one mimic epoch (k = 250, width 8192) through the real `train
     python -m shallowmimic.bench --scale                 # 1,000,000 x 1845, 183 classes
     python -m shallowmimic.bench --scale 200000 --scale-steps 50
     python -m shallowmimic.bench --scale --scale-images --scale-classes 10    # 1M uint8 images 3x32x32 (3.1 GB)
+    python -m shallowmimic.bench --scale --scale-npz     # the same arrays from one .npz instead of a folder
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,20 @@ def write_features(folder: Path, n: int, shape: tuple[int, ...], classes: int, l
     done.write_text(f"{n} {shape} {dtype} {classes} {labelled} {seed}\n")
 
 
+def pack_npz(folder: Path) -> Path:
+    """The folder's .npy files as one uncompressed .npz beside it (what np.savez writes: a zip storing each .npy as it
+    is), copied file to file so that no array passes through this process's memory; kept once written."""
+    path = folder.with_suffix(".npz")
+    if not path.is_file():
+        partial = folder.with_suffix(".npz.partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for npy in sorted(folder.glob("*.npy")):
+                with open(npy, "rb") as src, zf.open(npy.name, "w", force_zip64=True) as out:
+                    shutil.copyfileobj(src, out, CHUNK_BYTES)
+        partial.rename(path)
+    return path
+
+
 def overrides(args: argparse.Namespace, folder: Path) -> list[str]:
     """The train config's keys shared by teacher and mimic: this folder as `data=features` with its pool."""
     name = "scale_images" if args.scale_images else "scale"  # an experiment each: the mimic takes its newest teacher
@@ -79,8 +96,9 @@ def run_scale(args: argparse.Namespace) -> dict[str, float]:
     folder = root / (f"{dtype}-n{args.scale}-{'x'.join(map(str, shape))}-c{args.scale_classes}-l{args.scale_labelled}")
     times, started = {}, time.perf_counter()
     write_features(folder, args.scale, shape, args.scale_classes, args.scale_labelled, dtype)
+    source = pack_npz(folder) if args.scale_npz else folder
     times["write_s"], rss_written = time.perf_counter() - started, peak_rss_mb()[0]
-    common = overrides(args, folder)
+    common = overrides(args, source)
     started = time.perf_counter()
     train(compose_train(["experiment=timit/teacher", f"model.hidden=[{args.scale_teacher}]", *common, *args.set]))
     times["teacher_s"], started = time.perf_counter() - started, time.perf_counter()
@@ -91,7 +109,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, float]:
     self_mb, children_mb = peak_rss_mb()
     gb = (folder / "x_unlabelled.npy").stat().st_size / 1e9
     print(f"\nscale bench: x_unlabelled {args.scale:,} x {'x'.join(map(str, shape))} {dtype} ({gb:.1f} GB on disk) in "
-          f"{folder}; "
+          f"{source}; "
           f"teacher hidden [{args.scale_teacher}], mimic k={args.scale_rank} w={args.scale_width}, "
           f"{'one full epoch' if not args.scale_steps else f'{args.scale_steps} loader items'}")
     print(f"  times: write {times['write_s']:.0f} s, teacher {times['teacher_s']:.0f} s, mimic (logits included) "
@@ -106,6 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, nargs="?", const=1_000_000, default=None, metavar="N",
                    help="the paper-scale memory bench instead: N unlabelled rows (default 1,000,000); bench/scale.py")
     p.add_argument("--scale-dim", type=int, default=1845, help="--scale: input dimension (TIMIT's 1845)")
+    p.add_argument("--scale-npz", action="store_true",
+                   help="--scale: read the data from one uncompressed .npz (its members memory-mapped), not a folder")
     p.add_argument("--scale-images", action="store_true",
                    help="--scale: a uint8 image pool of 3x32x32 (CIFAR-like) instead of float32 features")
     p.add_argument("--scale-classes", type=int, default=183, help="--scale: classes (TIMIT's 183)")

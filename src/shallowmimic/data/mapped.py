@@ -6,9 +6,14 @@ concatenated copy (Concat)."""
 from __future__ import annotations
 
 import copy
+import math
 import mmap
 import os
+import struct
+import zipfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -39,6 +44,43 @@ def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
         yield a[start : start + rows]
         if isinstance(a, np.memmap):
             release(a)
+
+
+def map_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays `names` found in the .npz at `path`. A member stored uncompressed (np.savez) is a copy-on-write
+    memory map into the zip, as a folder's .npy would be; a compressed one (np.savez_compressed) or an empty one is
+    read into memory. Raises ValueError for an object array (it would need pickle) or a malformed member."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fp:
+        members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+        for name in (n for n in names if n in members):
+            info = members[name]
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zf.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            shape, fortran, dtype = _npy_header(fp, info)
+            out[name] = np.empty(shape, dtype) if math.prod(shape) == 0 else np.memmap(
+                path, dtype, mode="c", offset=fp.tell(), shape=shape, order="F" if fortran else "C")
+    return out
+
+
+def _npy_header(fp: BinaryIO, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of the uncompressed .npy member `info` of the zip open as `fp`, leaving `fp`
+    at the member's first data byte."""
+    fp.seek(info.header_offset)  # the data follow the local header, whose extra field may differ from the directory's
+    header = fp.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise ValueError(f"member {info.filename}: no local file header")
+    fp.seek(info.header_offset + 30 + sum(struct.unpack("<HH", header[26:30])))  # + name and extra field
+    version = np.lib.format.read_magic(fp)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"member {info.filename}: .npy format {version} is not supported")
+    shape, fortran, dtype = read(fp)
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename}: an object array needs pickle, which is not allowed")
+    return shape, fortran, dtype
 
 
 class Rows:

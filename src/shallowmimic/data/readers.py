@@ -11,12 +11,13 @@ import gzip
 import math
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from shallowmimic.cache import Arrays
-from shallowmimic.data.mapped import block_rows, blocks
+from shallowmimic.data.mapped import block_rows, blocks, map_npz
 from shallowmimic.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -148,8 +149,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
 
 def load_features(path: str | Path | None, unlabelled: bool = True) -> Arrays:
     """User arrays (e.g. TIMIT frames): an .npz, or a folder of .npy files, holding x_train, y_train, x_test,
-    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`). A folder's files are memory-mapped
-    (an .npz is read into memory: its members cannot be mapped)."""
+    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`). A folder's files and an .npz's
+    uncompressed members are memory-mapped (mapped.map_npz); compressed members are read into memory."""
     if path is None:
         raise UserError("data.path is not set: give an .npz file or a folder of .npy files holding "
                         "x_train, y_train, x_test, y_test")
@@ -161,15 +162,14 @@ def load_features(path: str | Path | None, unlabelled: bool = True) -> Arrays:
             # whole; copy-on-write ("c"), so torch.from_numpy gets a writable array and the file is never changed
             arrays = {n: np.load(path / f"{n}.npy", mmap_mode="c", allow_pickle=False)
                       for n in names if (path / f"{n}.npy").is_file()}
+        elif zipfile.is_zipfile(path):
+            arrays = map_npz(path, names)
         elif path.is_file():
-            f = np.load(path, allow_pickle=False)
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise UserError(f"data.path={path}: holds one array; give an .npz of named arrays or a folder")
-            with f:
-                arrays = {n: f[n] for n in names if n in f.files}  # an .npz reads only the arrays asked for
+            np.load(path, mmap_mode="r", allow_pickle=False)  # raises for what is not an .npy either
+            raise UserError(f"data.path={path}: holds one array; give an .npz of named arrays or a folder")
         else:
             raise UserError(f"data.path={path}: no such file or folder; give an .npz file or a folder of .npy files")
-    except (OSError, ValueError, EOFError) as err:  # corrupt zip or .npy, or an object array (needs pickle)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a corrupt file, or an object array
         raise UserError(f"data.path={path}: cannot read it ({type(err).__name__}: {err})") from None
     for name in REQUIRED:
         if name not in arrays:
