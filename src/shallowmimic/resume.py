@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,19 @@ def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
 
 class StepOnceMLFlowLogger(MLFlowLogger):
     """MLFlowLogger that drops the points already `logged` (same metric, same step): a resumed run re-runs the
-    stretch between its last checkpoint and the crash without logging any step twice."""
+    stretch between its last checkpoint and the crash without logging any step twice.
+
+    Once `steps` is set (run.make_trainer: the trainer's global_step), every point is logged at that optimizer
+    step, as Lightning users read MLflow's step axis: Lightning's own step counts loader items, and an item here is
+    several optimizer steps (loop.steps_per_batch)."""
 
     def __init__(self, *args: Any, logged: dict[str, set[int]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logged = logged
+        self.steps: Callable[[], int] | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        step = self.steps() if self.steps is not None else step
         fresh = {k: v for k, v in metrics.items() if step is None or step not in self.logged.get(k, ())}
         if fresh:
             super().log_metrics(fresh, step)

@@ -165,4 +165,6 @@ def make_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback],
     # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    logger.steps = lambda: trainer.global_step
+    return trainer
