@@ -7,6 +7,7 @@ import torch
 from mlflow import MlflowClient
 
 from shallowmimic.bench import SHAPES, cli, linear_macs, main, parse_shape, plain_sps, random_data
+from shallowmimic.bench.contenders import compose_train
 from shallowmimic.bench.timing import interleaved, paired_ratios
 from shallowmimic.nets import CNN1D, ShallowNet
 
@@ -54,14 +55,12 @@ def test_against_times_our_path_with_other_overrides_in_the_same_rounds(
                         or timed(cfg, *a, **k))
     main(["--shape", "in=12,w=16,k=none,b=128,n=1000", "--repeats", "2", "--min-seconds", "0.01",
           "--against", "loop.steps_per_batch=1", "--tracking-uri", store_uri, "--outputs", str(outputs)])
-    assert steps == [32, 32, 1] * 2  # per round (b), (c), then (b'): the default, then the override
+    default = compose_train([]).loop.steps_per_batch
+    assert default != 1 and steps == [default, 1, default] * 2  # per round (b), (b') with the override, (c)
     assert "(b)/(b') " in capsys.readouterr().out
     (run,) = runs_of(client)
     assert run.data.params["against"] == "loop.steps_per_batch=1"
-    m = run.data.metrics
-    assert m["bench/against_sps"] > 0 and m["bench/ratio_against_plain"] > 0
-    assert m["bench/ratio_lightning_against_low"] <= m["bench/ratio_lightning_against"] \
-        <= m["bench/ratio_lightning_against_high"]
+    assert run.data.metrics["bench/against_sps"] > 0 and run.data.metrics["bench/ratio_lightning_against"] > 0
 
 
 def test_shapes_are_presets_or_specs() -> None:

@@ -2,10 +2,12 @@
 standardisation, transfer sets) and one end-to-end run per data config."""
 
 import gzip
+import io
 import pickle
 import struct
 import sys
 import types
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from shallowmimic.data import ArrayDataModule, FeaturesDataModule, MNIST1DDataModule, readers
-from shallowmimic.data.mapped import Rows, Standardised
+from shallowmimic.data.mapped import Rows, Standardised, as_tensor, map_npz
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
@@ -139,21 +141,40 @@ def test_features_npz_and_npy_folder_read_the_same(tmp_path: Path) -> None:
     assert "x_unlabelled" not in load_features(tmp_path / "f.npz", unlabelled=False)
 
 
-def test_an_npz_maps_its_stored_members_and_reads_its_compressed_ones(tmp_path: Path) -> None:
+def test_an_npz_maps_its_large_stored_members_and_reads_the_rest(tmp_path: Path) -> None:
     arrays = features(x_unlabelled=50) | {"x_test": np.asfortranarray(features()["x_test"].astype(np.float64))}
-    arrays["x_unlabelled"] = arrays["x_unlabelled"][:0]  # an empty member cannot be mapped: read as empty
+    arrays["empty"] = arrays["x_train"][:0]  # never mapped (load_features does not read it)
     np.savez(tmp_path / "stored.npz", **arrays)
     np.savez_compressed(tmp_path / "packed.npz", **arrays)
-    stored, packed = load_features(tmp_path / "stored.npz"), load_features(tmp_path / "packed.npz")
-    assert all(isinstance(stored[n], np.memmap) for n in ("x_train", "x_test"))  # into the zip, in place
-    assert stored["x_test"].flags.f_contiguous and stored["x_test"].dtype == np.float64
+    mapped = map_npz(tmp_path / "stored.npz", list(arrays), min_bytes=0)  # every member counts as large
+    packed = map_npz(tmp_path / "packed.npz", list(arrays), min_bytes=0)  # compressed: cannot be mapped
+    assert [n for n, a in mapped.items() if isinstance(a, np.memmap)] == ["x_train", "y_train", "x_test", "y_test",
+                                                                           "x_unlabelled"]
+    assert mapped["x_test"].flags.f_contiguous and mapped["x_test"].dtype == np.float64
     assert not any(isinstance(a, np.memmap) for a in packed.values())
     for name, a in arrays.items():
-        np.testing.assert_array_equal(stored[name], a)
+        np.testing.assert_array_equal(mapped[name], a)
         np.testing.assert_array_equal(packed[name], a)
-    rows = Rows(stored["x_train"])  # scattered rows are read from the member with pread
-    assert torch.equal(rows[torch.tensor([7, 2, 89])], torch.from_numpy(arrays["x_train"][[7, 2, 89]]))
+    assert not any(isinstance(a, np.memmap) for a in load_features(tmp_path / "stored.npz").values())  # small
+    # a member sits wherever the zip puts it, misaligned for its dtype: torch gets an aligned copy
+    assert not mapped["x_train"].flags.aligned and torch.equal(as_tensor(mapped["x_train"]),
+                                                               torch.from_numpy(arrays["x_train"]))
+    rows = Rows(mapped["x_unlabelled"])  # scattered rows are read from the member with pread
+    assert torch.equal(rows[torch.tensor([7, 2, 49])], torch.from_numpy(arrays["x_unlabelled"][[7, 2, 49]]))
     assert rows._file is not None
+
+
+def test_an_npz_member_cut_short_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.npz"
+    member = io.BytesIO()
+    np.lib.format.write_array(member, features()["x_train"])
+    with zipfile.ZipFile(path, "w") as zf:  # stored, as np.savez writes, but 100 bytes short of its header's shape
+        zf.writestr("x_train.npy", member.getvalue()[:-100])
+    with pytest.raises(ValueError, match="x_train.npy: 4348 bytes do not hold a float32 array of \\(90, 12\\)"):
+        map_npz(path, ["x_train"], min_bytes=0)  # a map would read past the member
+    with pytest.raises(UserError, match="f.npz: cannot read it") as err:
+        load_features(path)  # small: read, and found short too
+    one_line(err)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -57,7 +57,7 @@ def spec_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -91,9 +91,9 @@ def save_atomic(path: Path, arrays: Arrays) -> str:
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     digest = sha256_file(path)
-    _atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
+    atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
     return digest
 
 

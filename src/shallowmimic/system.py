@@ -99,7 +99,7 @@ class System(L.LightningModule):
         """One optimizer step per batch of the item; the train metrics and the non-finite check once per item, so
         there is no host sync per step."""
         batches = batch if isinstance(batch, list) else [batch]
-        if self.trainer.max_steps >= 0:  # Lightning checks max_steps between items: stop at it, not up to an item past
+        if self.trainer.max_steps != -1:  # Lightning checks max_steps between items: stop at it, not an item past
             batches = batches[: self.trainer.max_steps - self.global_step]
         optimizer = self.optimizers()
         losses, logits = [], []

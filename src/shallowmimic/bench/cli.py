@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: as train.py, outputs/mlflow.db)")
     p.add_argument("--outputs", default=None, help="outputs folder (default: the project's outputs/)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="Hydra overrides of the composed train config, e.g. loop.steps_per_batch=32 loop.compile=true")
+                   help="Hydra overrides of the composed train config, e.g. loop.steps_per_batch=8 loop.compile=true")
     p.add_argument("--against", nargs="+", default=[], metavar="KEY=VALUE",
                    help="also (b) with these overrides instead, interleaved, e.g. loop.steps_per_batch=8: "
                         "prints (b)/(b') round by round")
@@ -89,21 +89,19 @@ def measure(shape: Shape, args: argparse.Namespace, run_id: str, cfg: object) ->
     epoch_s = (time.perf_counter() - started) * 4 / 2
     epochs = 1 + max(1, math.ceil(args.min_seconds / epoch_s))  # + 1 warm-up epoch
     run_dir = Path(cfg.paths.outputs) / "bench" / run_id
-    contenders = {
-        "plain": lambda: plain_sps(make_net(cfg, shape.in_dim), data, shape.batch, epochs),
-        "lightning": lambda: lightning_sps(cfg, data, run_id, epochs),
-        "full": lambda: lightning_sps(cfg, data, run_id, epochs, val=val, run_dir=run_dir),
-    }
-    if args.against:  # (b'): the same shape, composed with the --against overrides
+    contenders = {"plain": lambda: plain_sps(make_net(cfg, shape.in_dim), data, shape.batch, epochs),
+                  "lightning": lambda: lightning_sps(cfg, data, run_id, epochs)}
+    if args.against:  # (b'), right after (b): the same shape with the --against overrides
         other = bench_config(shape.width, shape.rank, shape.batch, args.tracking_uri, args.outputs,
                              [*args.set, *args.against])
         contenders["against"] = lambda: lightning_sps(other, data, run_id, epochs)
+    contenders["full"] = lambda: lightning_sps(cfg, data, run_id, epochs, val=val, run_dir=run_dir)
     results = interleaved(contenders, args.repeats)
     spreads = {name: Spread.of(values) for name, values in results.items()} | {
         f"ratio_{name}_plain": ratio for name, ratio in paired_ratios(results, "plain").items()}
-    if args.against:  # same round, neighbours in time: the drift mostly cancels
+    if args.against:  # by round, neighbours in time; (b) always goes first: swap --set and --against to check order
         spreads["ratio_lightning_against"] = Spread.of(
-            [b / other for b, other in zip(results["lightning"], results["against"], strict=True)])
+            [ours / theirs for ours, theirs in zip(results["lightning"], results["against"], strict=True)])
     metrics = {"bench/epochs_timed": float(epochs - 1), "bench/plain_epoch_s": shape.inputs / spreads["plain"].median,
                "bench/full_epoch_s": shape.inputs / spreads["full"].median}
     for name, s in spreads.items():
@@ -180,9 +178,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
               f"{torch.get_num_threads()} torch thread(s) here: other work shared the machine, "
               "so these figures are noisy (see the spreads); rerun on a quiet machine"
               + (" or with --threads 1" if torch.get_num_threads() > 1 else ""))
-    for name, m in rows if args.against else []:
-        print(f"{name}: (b)/(b') {fmt(logged(m, 'ratio_lightning_against'), '{:.3f}')} by round, (b') = (b) with "
-              f"{' '.join(args.against)}")
+    if args.against:
+        for name, m in rows:
+            print(f"{name}: (b)/(b') {fmt(logged(m, 'ratio_lightning_against'), '{:.3f}')} by round, (b') = (b) with "
+                  f"{' '.join(args.against)}")
     if args.extras:
         print(table(["shape", "cached/online", "GFLOP/s", "matmul GFLOP/s", "(d) ratio"], [
             [n, f"{m['bench/ratio_cached_online']:.2f}", f"{m['bench/gflops']:.1f}", f"{m['bench/matmul_gflops']:.1f}",

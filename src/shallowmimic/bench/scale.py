@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shallowmimic.bench.contenders import compose_train
+from shallowmimic.cache import atomic_write
 from shallowmimic.data.mapped import release
 from shallowmimic.pipeline import train
 
@@ -69,14 +70,15 @@ def write_features(folder: Path, n: int, shape: tuple[int, ...], classes: int, l
 def pack_npz(folder: Path) -> Path:
     """The folder's .npy files as one uncompressed .npz beside it (what np.savez writes: a zip storing each .npy as it
     is), copied file to file so that no array passes through this process's memory; kept once written."""
-    path = folder.with_suffix(".npz")
-    if not path.is_file():
-        partial = folder.with_suffix(".npz.partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for npy in sorted(folder.glob("*.npy")):
                 with open(npy, "rb") as src, zf.open(npy.name, "w", force_zip64=True) as out:
                     shutil.copyfileobj(src, out, CHUNK_BYTES)
-        partial.rename(path)
+
+    path = folder.with_suffix(".npz")
+    if not path.is_file():
+        atomic_write(path, write)
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+MAP_BYTES = 256 << 20  # an .npz member at least this large is memory-mapped; smaller ones train faster in memory
 RELEASE_BYTES = 64 << 20  # drop a map's resident pages after about this much has been read through it
 BLOCK_BYTES = 32 << 20  # a block read (and released) at a time: its temporaries (isfinite's mask) stay small too
 
@@ -46,16 +47,17 @@ def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
             release(a)
 
 
-def map_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The arrays `names` found in the .npz at `path`. A member stored uncompressed (np.savez) is a copy-on-write
-    memory map into the zip, as a folder's .npy would be; a compressed one (np.savez_compressed) or an empty one is
-    read into memory. Raises ValueError for an object array (it would need pickle) or a malformed member."""
+def map_npz(path: Path, names: Sequence[str], min_bytes: int = MAP_BYTES) -> dict[str, np.ndarray]:
+    """The arrays `names` found in the .npz at `path`. A member of at least `min_bytes` stored uncompressed
+    (np.savez) is a copy-on-write memory map into the zip, as a folder's .npy would be; a smaller one, or a compressed
+    one (np.savez_compressed), is read into memory, where it trains faster. Raises ValueError for an object array (it
+    would need pickle) or a malformed member. The file must not be rewritten while the arrays are in use."""
     out: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as zf, open(path, "rb") as fp:
         members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
         for name in (n for n in names if n in members):
             info = members[name]
-            if info.compress_type != zipfile.ZIP_STORED:
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size < min_bytes:
                 with zf.open(info) as member:
                     out[name] = np.lib.format.read_array(member, allow_pickle=False)
                 continue
@@ -70,9 +72,10 @@ def _npy_header(fp: BinaryIO, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], b
     at the member's first data byte."""
     fp.seek(info.header_offset)  # the data follow the local header, whose extra field may differ from the directory's
     header = fp.read(30)
-    if header[:4] != b"PK\x03\x04":
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
         raise ValueError(f"member {info.filename}: no local file header")
-    fp.seek(info.header_offset + 30 + sum(struct.unpack("<HH", header[26:30])))  # + name and extra field
+    start = info.header_offset + 30 + sum(struct.unpack("<HH", header[26:30]))  # + name and extra field
+    fp.seek(start)
     version = np.lib.format.read_magic(fp)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read is None:
@@ -80,7 +83,15 @@ def _npy_header(fp: BinaryIO, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], b
     shape, fortran, dtype = read(fp)
     if dtype.hasobject:
         raise ValueError(f"member {info.filename}: an object array needs pickle, which is not allowed")
+    if fp.tell() - start + math.prod(shape) * dtype.itemsize != info.file_size:  # else a map reads past the member
+        raise ValueError(f"member {info.filename}: {info.file_size} bytes do not hold a {dtype} array of {shape}")
     return shape, fortran, dtype
+
+
+def as_tensor(a: np.ndarray) -> Tensor:
+    """A tensor over `a`'s memory, or over a copy where `a` is misaligned for its dtype (an .npz member is mapped at
+    whatever offset the zip gives it): torch's kernels assume aligned storage."""
+    return torch.from_numpy(np.require(a, requirements="A"))
 
 
 class Rows:
@@ -112,7 +123,7 @@ class Rows:
         """The rows where the mask `keep` is true."""
         rows = np.flatnonzero(keep)
         out = copy.copy(self)
-        out.index, out._read, out._file = rows if self.index is None else self.index[rows], 0, None
+        out.index, out._read = rows if self.index is None else self.index[rows], 0  # the open file is shared
         return out
 
     def _convert(self, rows: np.ndarray) -> Tensor:
@@ -120,7 +131,7 @@ class Rows:
         if self._read > RELEASE_BYTES:
             release(self.raw)
             self._read = 0
-        return torch.from_numpy(rows).to(self.device, non_blocking=True).float()
+        return as_tensor(rows).to(self.device, non_blocking=True).float()
 
     def __getitem__(self, idx: Tensor) -> Tensor:
         """Rows idx (a 1-d index tensor), in the order asked."""
@@ -133,9 +144,10 @@ class Rows:
         return self._convert(rows)
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
-        """Rows (sorted) of the raw array. A whole mapped .npy is read with pread, not through the map: a fault on
-        one scattered row maps a large block of the file around it (about 1.4 MB a row here, with large folios),
-        so 256 random rows left some 370 MB resident; pread copies the row and maps nothing."""
+        """Rows (sorted) of the raw array. A whole mapped .npy (a file, or an .npz member) is read with pread, not
+        through the map: a fault on one scattered row maps a large block of the file around it (about 1.4 MB a row
+        here, with large folios), so 256 random rows left some 370 MB resident; pread copies the row and maps
+        nothing."""
         if not (isinstance(self.raw, np.memmap) and isinstance(self.raw.base, mmap.mmap) and self.raw.filename
                 and self.raw.flags.c_contiguous):
             return self.raw[rows]  # in memory (or a view of a map): plain indexing

@@ -13,7 +13,7 @@ from shallowmimic import checks
 from shallowmimic.cache import Arrays, digest_arrays, spec_key
 from shallowmimic.data import transfer as transfers
 from shallowmimic.data.loader import Batch, InMemoryLoader
-from shallowmimic.data.mapped import Concat, Rows, Standardised
+from shallowmimic.data.mapped import Concat, Rows, Standardised, as_tensor
 from shallowmimic.data.readers import validate
 from shallowmimic.errors import UserError
 
@@ -102,7 +102,7 @@ class ArrayDataModule(L.LightningDataModule):
         if self.splits:
             return
         raw = self.raw_splits()
-        x_fit = torch.from_numpy(raw["train"][0]).float()
+        x_fit = as_tensor(raw["train"][0]).float()
         self.in_shape, self.raw_dtype = tuple(x_fit.shape[1:]), raw["train"][0].dtype
         std = x_fit.std(0)
         self.mean, self.std = x_fit.mean(0), std.clamp_min(max(1e-6, self.std_floor * std.mean().item()))
@@ -122,7 +122,7 @@ class ArrayDataModule(L.LightningDataModule):
 
     def standardise(self, x: np.ndarray) -> Tensor:
         """Raw inputs -> float32, standardised with the training split's mean and std."""
-        return (torch.from_numpy(x).float() - self.mean) / self.std
+        return (as_tensor(x).float() - self.mean) / self.std
 
     def spec(self) -> dict:
         """Everything that determines the inputs, in train/val/test/transfer order (the logits cache key)."""

@@ -105,7 +105,8 @@ def build(dm: ArrayDataModule) -> dict[str, Tensor | Standardised]:
     validation inputs dropped if `dup_tol` is set (validation picks the checkpoint: it must stay unseen)."""
     empty = dm.transfer != "pool" and dm.transfer_size == 0
     raw, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
-    # a memory-mapped pool (data.path a folder of .npy files) stays on disk, standardised a batch at a time
+    # a memory-mapped pool (data.path a folder of .npy files, or a large .npz member) stays on disk, standardised a
+    # batch at a time
     x = Standardised(raw, dm.mean, dm.std) if isinstance(raw, np.memmap) else dm.standardise(raw)
     y = torch.full((len(x),), -1, dtype=torch.int64) if y is None else torch.from_numpy(y)
     if dm.dup_tol is not None and len(x):
