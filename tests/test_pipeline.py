@@ -33,7 +33,7 @@ def test_teacher_run_is_recorded(teacher_run, client: MlflowClient) -> None:
 def test_metrics_are_logged_at_the_optimizer_step(teacher_run, client: MlflowClient) -> None:
     params = teacher_run.data.params
     steps = -(-int(params["data.n_train_rows"]) // int(params["data.batch_size"]))  # an epoch's optimizer steps
-    assert steps > 1  # one loader item an epoch (32 batches to an item): Lightning's step would be 1 and 2
+    assert steps > 1  # one loader item an epoch (32 batches to an item): Lightning's item count gives 0 and 1
     for key in ("train/loss", "val/acc"):
         assert sorted(m.step for m in client.get_metric_history(teacher_run.info.run_id, key)) == [steps, 2 * steps]
 

@@ -127,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the paper-scale memory bench instead: N unlabelled rows (default 1,000,000); bench/scale.py")
     p.add_argument("--scale-dim", type=int, default=1845, help="--scale: input dimension (TIMIT's 1845)")
     p.add_argument("--scale-npz", action="store_true",
-                   help="--scale: read the data from one uncompressed .npz (its members memory-mapped), not a folder")
+                   help="--scale: read the data from one uncompressed .npz (its large members mapped), not a folder")
     p.add_argument("--scale-images", action="store_true",
                    help="--scale: a uint8 image pool of 3x32x32 (CIFAR-like) instead of float32 features")
     p.add_argument("--scale-classes", type=int, default=183, help="--scale: classes (TIMIT's 183)")

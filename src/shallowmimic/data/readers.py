@@ -149,8 +149,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
 
 def load_features(path: str | Path | None, unlabelled: bool = True) -> Arrays:
     """User arrays (e.g. TIMIT frames): an .npz, or a folder of .npy files, holding x_train, y_train, x_test,
-    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`). A folder's files and an .npz's
-    uncompressed members are memory-mapped (mapped.map_npz); compressed members are read into memory."""
+    y_test and optionally x_val, y_val, x_unlabelled (read only if `unlabelled`). A folder's files, and an .npz's
+    uncompressed members of 256 MiB or more (mapped.map_npz), are memory-mapped; the rest is read into memory."""
     if path is None:
         raise UserError("data.path is not set: give an .npz file or a folder of .npy files holding "
                         "x_train, y_train, x_test, y_test")
