@@ -51,4 +51,9 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     shallow = sorted({int(r.data.params["n_params"]) for r in runs["baselines"]})
     for run in runs["deep"]:
         assert min(abs(int(run.data.params["n_params"]) - p) / p for p in shallow) < 0.1
-    assert "## What reproduces" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "## What reproduces" in text
+    # Figure 2's plain baseline (first seed) was reused from the baseline search: its curves are its original's
+    curves = text.split("### Learning curves")[1]  # Figure 2's table (Figure 1's has a plain row too)
+    plain = next(line for line in curves.splitlines() if line.startswith("| shallow labels (plain) |"))
+    assert any(r.data.tags.get("reused_from") for r in runs["baselines"]) and plain.split("|")[2].strip() != "-"

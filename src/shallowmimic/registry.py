@@ -24,7 +24,7 @@ from shallowmimic import project_root
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.models import MODEL_ID_TAG, using_store
 from shallowmimic.report import fetch_runs
-from shallowmimic.teacher import original
+from shallowmimic.tracking import original
 
 ALIAS = "champion"
 SELECT_ON = "val/best_acc"  # never a test metric: the test split is looked at once, for the report

@@ -19,9 +19,9 @@ from shallowmimic import __version__, project_root
 from shallowmimic.cache import sha256, spec_key
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.sweep import sweep_parent
-from shallowmimic.tracking import git_commit
+from shallowmimic.tracking import REUSED_FROM, git_commit
 
-TAG, FROM = "reuse_key", "reused_from"
+TAG, FROM = "reuse_key", REUSED_FROM
 # what never changes a result (a student's teachers enter the key as the runs they resolved to)
 PLUMBING = ("paths", "logger", "study", "resume", "reuse", "register", "threads", "teacher")
 

@@ -22,7 +22,7 @@ from shallowmimic.cache import Allocate, cached_maps, digest_arrays, folder_dige
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.data.mapped import Standardised, release
 from shallowmimic.errors import BadValue, UserError
-from shallowmimic.reuse import FROM
+from shallowmimic.tracking import original
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
         raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
                         f"{run.info.status}; it must be a FINISHED teacher run")
     return original(client, run)
-
-
-def original(client: MlflowClient, run: Run) -> Run:
-    """The run itself, or the run it was reused from (reuse.py): that one holds the checkpoint."""
-    return client.get_run(run.data.tags[FROM]) if FROM in run.data.tags else run
 
 
 def teacher_ids(run_ids: str | Sequence[str] | None) -> list[str]:

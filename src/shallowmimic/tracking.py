@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Param, Run
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import project_root
@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 # MLflow 3 classifies an experiment without this tag as GenAI (where its UI reads it); ours train models
 KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {KIND: "custom_model_development"}
+REUSED_FROM = "reused_from"  # reuse.py's tag on a run that copies another's params and final metrics, no histories
+
+
+def original(client: MlflowClient, run: Run) -> Run:
+    """The run itself, or the run it was reused from (reuse.py): that one holds the checkpoint and the histories."""
+    return client.get_run(run.data.tags[REUSED_FROM]) if REUSED_FROM in run.data.tags else run
 
 
 def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:

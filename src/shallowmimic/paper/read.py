@@ -11,6 +11,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from shallowmimic.tracking import original
+
 # every stage the driver may run, in the order the report discusses them
 STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
           "figure3", "controls", "bottleneck")
@@ -145,7 +147,9 @@ def teacher_ids(run: Run) -> list[str]:
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of a metric's history in step order; a step logged twice keeps its last value."""
+    """(step, value) of a metric's history in step order; a step logged twice keeps its last value. A run reused in
+    a sweep holds final metrics only: its original's history is read."""
+    run_id = original(client, client.get_run(run_id)).info.run_id
     points = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
     return sorted(points.items())
 
