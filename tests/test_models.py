@@ -1,7 +1,9 @@
 """What a user sees of a run in the MLflow UI: its logged model, its datasets, its tags and description."""
 
 import tempfile
+import time
 
+import lightning as L
 import mlflow.pytorch
 import pytest
 import torch
@@ -82,9 +84,20 @@ def test_runs_carry_the_standard_tags_and_a_description(mimic_run, client: Mlflo
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
 
 
+class WaitForSystemMetrics(L.Callback):
+    """Holds a fit open until MLflow's monitor has published its first sample (60 s at most): a tiny fit can end
+    before the monitor's thread has collected, waited its interval and asked the store for the run."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                k.startswith("system/") for k in trainer.logger.experiment.get_run(trainer.logger.run_id).data.metrics):
+            time.sleep(0.05)
+
+
 def test_system_metrics_are_sampled_during_fit_and_switch_off(make_cfg, client: MlflowClient) -> None:
     train(make_cfg("experiment=baseline", *TINY_SHALLOW, "logger.system_metrics_interval=0.05",
-                   "trainer.max_epochs=4"))
+                   "trainer.max_epochs=4", f"+callbacks.wait._target_={__name__}.WaitForSystemMetrics"))
     train(make_cfg("experiment=baseline", *TINY_SHALLOW, "logger.system_metrics=false", "seed=1"))
     on, off = sorted(runs_of(client), key=lambda r: r.data.params["seed"])
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(on.data.metrics)
