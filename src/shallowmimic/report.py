@@ -27,7 +27,7 @@ from mlflow.entities import Run
 from shallowmimic import project_root
 from shallowmimic.describe import publish_report
 from shallowmimic.settings import ROLES
-from shallowmimic.tracking import original
+from shallowmimic.tracking import history
 
 ROLE_ORDER = {role: i for i, role in enumerate(ROLES)}  # the paper's order: teacher, baseline, mimic, kd
 STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
@@ -161,9 +161,8 @@ def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
         if (role, width, rank) not in shallow:
             continue
         run = min(shallow[(role, width, rank)].runs, key=lambda r: int(r.data.params.get("seed", 0)))
-        history = sorted(client.get_metric_history(original(client, run).info.run_id, "val/acc"),
-                         key=lambda m: m.step)  # a reused run holds final metrics only
-        ax.plot(range(1, len(history) + 1), [100 * m.value for m in history], label=f"{role} ({run.info.run_name})")
+        values = [100 * v for _, v in history(client, run.info.run_id, "val/acc")]
+        ax.plot(range(1, len(values) + 1), values, label=f"{role} ({run.info.run_name})")
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"width {width}, rank {rank}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

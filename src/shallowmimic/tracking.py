@@ -30,6 +30,14 @@ def original(client: MlflowClient, run: Run) -> Run:
     return client.get_run(run.data.tags[REUSED_FROM]) if REUSED_FROM in run.data.tags else run
 
 
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric's history in step order; a step logged twice keeps its last value. A run reused in
+    a sweep holds final metrics only: its original's history is read."""
+    run_id = original(client, client.get_run(run_id)).info.run_id
+    points = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(points.items())
+
+
 def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
     """Client for the configured store and the id of the experiment (created once, with artifacts in outputs/)."""
     uri = str(logger_cfg.tracking_uri)

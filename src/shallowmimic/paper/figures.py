@@ -22,7 +22,6 @@ from shallowmimic.paper.read import (  # noqa: E402
     Stat,
     Study,
     group_by,
-    history,
     is_plain,
     metric,
     net_label,
@@ -30,6 +29,7 @@ from shallowmimic.paper.read import (  # noqa: E402
     seed,
     values,
 )
+from shallowmimic.tracking import history  # noqa: E402
 
 LINES = {"teacher": ("black", ":"), "ensemble": ("dimgray", "-.")}  # the horizontal lines of Figure 1
 

@@ -11,8 +11,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from shallowmimic.tracking import original
-
 # every stage the driver may run, in the order the report discusses them
 STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
           "figure3", "controls", "bottleneck")
@@ -144,14 +142,6 @@ def number(run: Run, key: str) -> float:
 def teacher_ids(run: Run) -> list[str]:
     """The teacher run ids of a student: one, or the members of an ensemble."""
     return [t for t in run.data.tags.get("teacher_run_id", "").split(",") if t]
-
-
-def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of a metric's history in step order; a step logged twice keeps its last value. A run reused in
-    a sweep holds final metrics only: its original's history is read."""
-    run_id = original(client, client.get_run(run_id)).info.run_id
-    points = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
-    return sorted(points.items())
 
 
 SCHEDULES_TO_ZERO = ("warmup_cosine",)  # schedules whose learning rate has run down when the last epoch ends

@@ -21,6 +21,7 @@ from shallowmimic.cost import flops_per_sample, latency_per_sample
 from shallowmimic.paper import read
 from shallowmimic.paper.figures import Curve, Point
 from shallowmimic.paper.read import Group, Stat, Study, converged, group_by, metric, net_label, number, values
+from shallowmimic.tracking import history
 
 Cell = Stat | str | int | float | None
 
@@ -130,7 +131,7 @@ def figure3_table(points: list[Point]) -> Table:
 
 def _to_95(client: MlflowClient, run: Run) -> tuple[int, float, float] | None:
     """(epochs, seconds) to reach 95% of the run's final val/logit_mse reduction, and its final value."""
-    mse = [v for _, v in read.history(client, run.info.run_id, "val/logit_mse")]
+    mse = [v for _, v in history(client, run.info.run_id, "val/logit_mse")]
     i = steps_to_fraction(mse, 0.95)
     fit_s, epochs = metric(run, "time/fit_s"), metric(run, "train/epochs")
     if i is None or not fit_s or not epochs:
