@@ -52,7 +52,7 @@ install: $(VENV)/.installed  ## create .venv and install the package with its de
 run: install  ## the whole pipeline on MNIST-1D: teacher, then baseline + mimic as one sweep, then the table
 	$(TRAIN) experiment=teacher $(TEACHER_ARGS)
 	$(TRAIN) --multirun experiment=baseline,mimic $(ARGS)
-	$(PY) -m shallowmimic.report
+	$(PY) -m shallowmimic.analysis.report
 
 teacher: install  ## train the deep teacher (ARGS="trainer.max_epochs=..." to override)
 	$(TRAIN) experiment=teacher $(ARGS) $(TEACHER_ARGS)
@@ -65,16 +65,16 @@ mimic: install  ## train the shallow mimic on the newest teacher's logits
 
 sweep: install  ## baseline + mimic over width x rank x seed (GRID=width_rank) under one MLflow parent, then the report
 	$(TRAIN) --multirun sweep=$(GRID) $(SWEEP) $(ARGS)
-	$(PY) -m shallowmimic.report
+	$(PY) -m shallowmimic.analysis.report
 
 paper: install  ## the paper's study: Figures 1-3, bottleneck, controls, inference cost (SIZE=smoke DATA=... JOBS=2)
-	$(PY) -m shallowmimic.study --size $(SIZE) --data $(DATA) --jobs $(JOBS) $(ARGS)
+	$(PY) -m shallowmimic.analysis.study --size $(SIZE) --data $(DATA) --jobs $(JOBS) $(ARGS)
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store
-	$(PY) -m shallowmimic.report $(ARGS)
+	$(PY) -m shallowmimic.analysis.report $(ARGS)
 
 register: install  ## register the newest sweep's best net of each role (on validation) and its teacher, as @champion
-	$(PY) -m shallowmimic.registry $(ARGS)
+	$(PY) -m shallowmimic.tracking.registry $(ARGS)
 
 bench: install  ## throughput: plain loop vs our Lightning path vs the full train path, interleaved (ARGS="--extras")
 	$(PY) -m shallowmimic.bench $(ARGS)
@@ -96,8 +96,9 @@ server: install  ## an MLflow tracking server on http://$(HOST):$(PORT) over SER
 test: install  ## the test suite (tiny data, CPU)
 	$(PY) -m pytest -q $(ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import-linter contracts of pyproject.toml (the layers, no cycles)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports
 
 clean:  ## remove outputs (runs, store, caches) and the venv
 	rm -rf outputs && mkdir -p outputs

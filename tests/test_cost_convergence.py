@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from shallowmimic.convergence import converged, steps_to_fraction
-from shallowmimic.cost import flops_per_sample, latency_per_sample, n_params
+from shallowmimic.analysis.convergence import converged, steps_to_fraction
+from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample, n_params
 from shallowmimic.errors import BadValue
 from shallowmimic.nets import ShallowNet
 

@@ -22,7 +22,7 @@ from shallowmimic.data.mapped import Rows, Standardised, as_tensor, map_npz
 from shallowmimic.data.readers import load_cifar10, load_digits, load_features, load_mnist, read_idx
 from shallowmimic.data.transfer import augment
 from shallowmimic.errors import UserError
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import runs_of
 

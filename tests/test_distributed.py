@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

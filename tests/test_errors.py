@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import ROOT, TINY_SHALLOW, runs_of
 

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from shallowmimic.cache import sha256_file
 from shallowmimic.errors import UserError, redact
-from shallowmimic.pipeline import train
-from shallowmimic.tracking import flat_params
+from shallowmimic.tracking.run import flat_params
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, cli_args, runs_of
 

@@ -13,7 +13,7 @@ from shallowmimic.bench import main
 from shallowmimic.cache import digest_arrays
 from shallowmimic.data import FeaturesDataModule
 from shallowmimic.data.mapped import Concat, Rows, Standardised
-from shallowmimic.teacher import _logits, teacher_logits
+from shallowmimic.training.teachers import _logits, teacher_logits
 
 from .conftest import runs_of
 

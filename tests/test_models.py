@@ -10,9 +10,9 @@ import torch
 from mlflow import MlflowClient
 
 from shallowmimic.checks import build
-from shallowmimic.inputs import data_digest
 from shallowmimic.nets import ShallowNet
-from shallowmimic.pipeline import train
+from shallowmimic.tracking.datasets import data_digest
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 
+from shallowmimic.analysis.report import main as report_main
 from shallowmimic.cache import folder_digest
 from shallowmimic.data import MNIST1DDataModule
 from shallowmimic.errors import UserError
 from shallowmimic.objectives import KDLoss, kd_loss, mimic_loss
-from shallowmimic.pipeline import build_objective, train
-from shallowmimic.report import main as report_main
-from shallowmimic.system import System
-from shallowmimic.teacher import check_teacher, load_teacher, teacher_logits
+from shallowmimic.training.pipeline import build_objective, train
+from shallowmimic.training.system import System
+from shallowmimic.training.teachers import check_teacher, load_teacher, teacher_logits
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 

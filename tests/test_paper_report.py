@@ -16,9 +16,9 @@ from mlflow.entities import Metric, Param
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from shallowmimic.cost import flops_per_sample
+from shallowmimic.analysis.cost import flops_per_sample
+from shallowmimic.analysis.paper import main, write_report
 from shallowmimic.nets import CNN1D, DeepMLP, ShallowNet, n_params
-from shallowmimic.paper.report import main, write_report
 
 COSTED = ("teachers", "baselines", "baselines_plain", "deep", "mimic", "kd", "bottleneck")
 SHAPE = "40"  # MNIST-1D's input, as runs log data.in_shape

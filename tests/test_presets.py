@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import runs_of
 from .test_datasets import tiny_files

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from shallowmimic.analysis.report import main as report_main
 from shallowmimic.errors import UserError
-from shallowmimic.pipeline import train
-from shallowmimic.registry import main as register_main
-from shallowmimic.report import main as report_main
+from shallowmimic.tracking.registry import main as register_main
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 
@@ -40,7 +40,8 @@ def test_make_register_aliases_the_sweeps_best_on_validation_and_the_report_land
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert register_main(["--tracking-uri", store_uri]) == 0
     mimics = [r for r in runs_of(client) if r.data.tags["role"] == "mimic"]
-    best = max(mimics, key=lambda r: r.data.metrics["val/best_acc"])
+    # best on validation; of equals the one that started first (the rule the report and the study use too)
+    best = max(mimics, key=lambda r: (r.data.metrics["val/best_acc"], -r.info.start_time))
     assert client.get_model_version_by_alias("mnist1d-mimic", "champion").run_id == best.info.run_id
     teacher = client.get_model_version_by_alias("mnist1d-teacher", "champion")
     assert teacher.run_id == best.data.tags["teacher_run_id"]

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.errors import UserError
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, cli_args, runs_of
 

@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from shallowmimic.checks import build
 from shallowmimic.errors import UserError
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW, runs_of
 

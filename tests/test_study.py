@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from shallowmimic.analysis.study import fill, main, matched_hidden, stage_runs
 from shallowmimic.errors import UserError
-from shallowmimic.paper.read import best_by_val
-from shallowmimic.study import fill, main, matched_hidden, stage_runs
+from shallowmimic.tracking.search import best_by_val
 
 
 def test_deep_nets_are_sized_to_match_the_shallow_ones() -> None:

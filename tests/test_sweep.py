@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.report import main as report_main
+from shallowmimic.analysis.report import main as report_main
 
 from .conftest import TINY_TEACHER, runs_of
 

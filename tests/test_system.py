@@ -13,8 +13,8 @@ from shallowmimic.data import InMemoryLoader
 from shallowmimic.data.loader import Chunk
 from shallowmimic.nets import ShallowNet
 from shallowmimic.objectives import labels_loss, mimic_loss
-from shallowmimic.system import System
-from shallowmimic.teacher import _logits, teacher_device
+from shallowmimic.training.system import System
+from shallowmimic.training.teachers import _logits, teacher_device
 
 
 def test_mimic_loss_is_the_papers_formula() -> None:

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 
 from shallowmimic.checks import build
 from shallowmimic.data import FeaturesDataModule
-from shallowmimic.pipeline import train
-from shallowmimic.teacher import ensemble_logits, load_teacher
+from shallowmimic.training.pipeline import train
+from shallowmimic.training.teachers import ensemble_logits, load_teacher
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 from .test_faults import start_and_signal

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shallowmimic.pipeline import train
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_SHALLOW
 

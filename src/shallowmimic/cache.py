@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -19,7 +20,31 @@ log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 Allocate = Callable[[str, tuple[int, ...], np.dtype | str], np.ndarray]  # (name, shape, dtype) -> array to fill
+BLOCK_BYTES = 32 << 20  # a block read (and released) at a time: its temporaries (isfinite's mask) stay small too
 SUMS = "sha256sums.txt"  # a map folder's checksums: "<sha256>  <name>.npy" per array, as sha256sum writes them
+
+
+def release(a: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (the page cache keeps them): pages read through a map count in
+    the process's RSS until unmapped, so one pass over a 7 GB file would otherwise leave 7 GB resident."""
+    mm = getattr(a, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def block_rows(a: np.ndarray) -> int:
+    """Rows in a block of about BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // max(1, a[:1].nbytes))
+
+
+def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
+    """`a` in blocks of `rows` rows (default: about BLOCK_BYTES; views, no copy); a memory map's pages are released
+    after each block."""
+    rows = rows or block_rows(a)
+    for start in range(0, len(a), rows):
+        yield a[start : start + rows]
+        if isinstance(a, np.memmap):
+            release(a)
 
 
 def sha256(chunks: Iterable[bytes]) -> str:
@@ -39,13 +64,11 @@ def sha256_file(path: str | Path) -> str:
 def digest_arrays(arrays: Arrays) -> str:
     """sha256 of named arrays' names, dtypes, shapes and bytes: the identity of a data set's (or a net's) content."""
 
-    from shallowmimic.data.mapped import blocks  # here: shallowmimic.data imports this module
-
     def chunks() -> Iterator[bytes]:
         for name in sorted(arrays):
             a = arrays[name]
             yield f"{name} {a.dtype.str} {a.shape}".encode()
-            # a memory map is hashed a block of rows at a time, its pages released after each (see data/mapped.py)
+            # a memory map is hashed a block of rows at a time, its pages released after each (blocks above)
             for block in blocks(a) if isinstance(a, np.memmap) and a.ndim else [a]:
                 yield memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
 

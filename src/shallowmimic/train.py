@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     signals.install()
     try:
         settings.check(cfg)  # the keys checked without torch: a mistake there answers in a second
-        from shallowmimic.pipeline import train  # torch, Lightning, MLflow: only for a job that runs
+        from shallowmimic.training.pipeline import train  # torch, Lightning, MLflow: only for a job that runs
 
         return train(cfg)["val/best_acc"]
     except UserError as err:

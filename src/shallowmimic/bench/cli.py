@@ -20,8 +20,9 @@ from shallowmimic.bench.extras import extras
 from shallowmimic.bench.timing import Spread, fmt, interleaved, paired_ratios, table
 from shallowmimic.errors import redact
 from shallowmimic.nets import n_params
-from shallowmimic.run import Run, variant
-from shallowmimic.tracking import git_commit, open_store, start_run
+from shallowmimic.tracking.descriptions import git_commit, variant
+from shallowmimic.tracking.run import Run
+from shallowmimic.tracking.store import open_store, start_run
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from torch import nn
 from shallowmimic import conf_dir
 from shallowmimic.data import Batch, InMemoryLoader
 from shallowmimic.objectives import mimic_loss
-from shallowmimic.pipeline import build_objective, checkpoints
-from shallowmimic.resume import RunState
-from shallowmimic.run import make_trainer
-from shallowmimic.system import System
+from shallowmimic.tracking.resume import RunState
+from shallowmimic.training.pipeline import build_objective
+from shallowmimic.training.system import System
+from shallowmimic.training.trainer import checkpoints, make_trainer
 
 NUM_CLASSES = 10
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from shallowmimic.bench.contenders import compose_train
-from shallowmimic.cache import atomic_write
-from shallowmimic.data.mapped import release
-from shallowmimic.pipeline import train
+from shallowmimic.cache import atomic_write, release
+from shallowmimic.training.pipeline import train
 
 CHUNK_BYTES = 32 << 20  # written at a time: the writer's memory stays bounded too
 

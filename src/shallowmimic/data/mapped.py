@@ -19,32 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from shallowmimic.cache import release
+
 MAP_BYTES = 256 << 20  # an .npz member at least this large is memory-mapped; smaller ones train faster in memory
 RELEASE_BYTES = 64 << 20  # drop a map's resident pages after about this much has been read through it
-BLOCK_BYTES = 32 << 20  # a block read (and released) at a time: its temporaries (isfinite's mask) stay small too
-
-
-def release(a: np.ndarray) -> None:
-    """Drop a memory map's pages from this process (the page cache keeps them): pages read through a map count in
-    the process's RSS until unmapped, so one pass over a 7 GB file would otherwise leave 7 GB resident."""
-    mm = getattr(a, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
-def block_rows(a: np.ndarray) -> int:
-    """Rows in a block of about BLOCK_BYTES."""
-    return max(1, BLOCK_BYTES // max(1, a[:1].nbytes))
-
-
-def blocks(a: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
-    """`a` in blocks of `rows` rows (default: about BLOCK_BYTES; views, no copy); a memory map's pages are released
-    after each block."""
-    rows = rows or block_rows(a)
-    for start in range(0, len(a), rows):
-        yield a[start : start + rows]
-        if isinstance(a, np.memmap):
-            release(a)
 
 
 def map_npz(path: Path, names: Sequence[str], min_bytes: int = MAP_BYTES) -> dict[str, np.ndarray]:

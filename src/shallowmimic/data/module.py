@@ -150,7 +150,7 @@ class ArrayDataModule(L.LightningDataModule):
         once."""
         if self._transfer is None:
             self.setup()
-            self._transfer = transfers.build(self)
+            self._transfer, self.n_duplicates_dropped = transfers.build(self)
         return self._transfer["x"]
 
     def teacher_inputs(self) -> dict[str, Tensor | Standardised]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shallowmimic.cache import Arrays
-from shallowmimic.data.mapped import block_rows, blocks, map_npz
+from shallowmimic.cache import Arrays, block_rows, blocks
+from shallowmimic.data.mapped import map_npz
 from shallowmimic.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,20 +24,46 @@ from shallowmimic.data.mapped import Standardised
 from shallowmimic.data.readers import image_files, read_image_folder
 from shallowmimic.errors import UserError
 
-if TYPE_CHECKING:
-    from shallowmimic.data.module import ArrayDataModule
-
 log = logging.getLogger(__name__)
 
 Raw = tuple[np.ndarray, np.ndarray | None]
 
 
-def from_train(dm: ArrayDataModule) -> Raw:
+class Source(Protocol):
+    """What the builders read of their data module (data/module.py's ArrayDataModule): its settings, its splits."""
+
+    name: str
+    digest: str
+    in_shape: tuple[int, ...]
+    raw_dtype: np.dtype
+    val_size: int
+    split_seed: int
+    transfer: str
+    transfers: tuple[str, ...]
+    transfer_size: int
+    transfer_seed: int
+    pool_dir: str | None
+    augment_pad: int
+    augment_flip: bool
+    dup_tol: float | None
+    cache_dir: Path
+    unlabelled: np.ndarray | None
+    train_raw: tuple[np.ndarray, np.ndarray] | None
+    splits: dict[str, dict[str, Tensor]]
+    mean: Tensor
+    std: Tensor
+
+    def generate_transfer(self) -> np.ndarray: ...
+
+    def standardise(self, x: np.ndarray) -> Tensor: ...
+
+
+def from_train(dm: Source) -> Raw:
     """No inputs beyond the training split."""
     return np.empty((0, *dm.in_shape), np.float32), None
 
 
-def generated(dm: ArrayDataModule) -> Raw:
+def generated(dm: Source) -> Raw:
     """Fresh inputs from the data's generator; their labels are never kept: the transfer set is unlabelled."""
     return dm.generate_transfer(), None
 
@@ -47,7 +74,7 @@ def pool_key(pool_dir: str) -> str:
     return spec_key([(str(p.relative_to(pool_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
-def pool(dm: ArrayDataModule) -> Raw:
+def pool(dm: Source) -> Raw:
     """The unlabelled pool: the data's x_unlabelled, or the images in pool_dir (cached as one array)."""
     if dm.pool_dir is None:
         return dm.unlabelled, None
@@ -62,7 +89,7 @@ def pool(dm: ArrayDataModule) -> Raw:
     return cached_maps(dm.cache_dir / f"{dm.name}-pool-{key}", build)[0]["x"], None
 
 
-def augmented(dm: ArrayDataModule) -> Raw:
+def augmented(dm: Source) -> Raw:
     """`transfer_size` augmented copies of the training images with their labels, made once and cached by their
     spec (so the teacher's logits over them can be cached too)."""
     n, seed = dm.transfer_size, dm.transfer_seed
@@ -79,11 +106,11 @@ def augmented(dm: ArrayDataModule) -> Raw:
     return arrays["x"], arrays["y"]  # copies of labelled images keep their labels
 
 
-TRANSFERS: dict[str, Callable[[ArrayDataModule], Raw]] = {
+TRANSFERS: dict[str, Callable[[Source], Raw]] = {
     "train": from_train, "generated": generated, "pool": pool, "augment": augmented}
 
 
-def check(dm: ArrayDataModule) -> None:
+def check(dm: Source) -> None:
     """Fail before any run starts if the transfer set asked for cannot be made from this data."""
     kind = dm.transfer
     if kind not in dm.transfers:
@@ -100,23 +127,23 @@ def check(dm: ArrayDataModule) -> None:
         image_files(dm.pool_dir)  # the folder exists and holds images
 
 
-def build(dm: ArrayDataModule) -> dict[str, Tensor | Standardised]:
-    """The transfer set, standardised, with labels where it has them (-1 where not); near-duplicates of test and
-    validation inputs dropped if `dup_tol` is set (validation picks the checkpoint: it must stay unseen)."""
+def build(dm: Source) -> tuple[dict[str, Tensor | Standardised], int]:
+    """The transfer set, standardised, with labels where it has them (-1 where not), and how many near-duplicates of
+    test and validation inputs were dropped if `dup_tol` is set (validation picks the checkpoint: it must stay
+    unseen)."""
     empty = dm.transfer != "pool" and dm.transfer_size == 0
     raw, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
     # a memory-mapped pool (data.path a folder of .npy files, or a large .npz member) stays on disk, standardised a
     # batch at a time
     x = Standardised(raw, dm.mean, dm.std) if isinstance(raw, np.memmap) else dm.standardise(raw)
     y = torch.full((len(x),), -1, dtype=torch.int64) if y is None else torch.from_numpy(y)
-    if dm.dup_tol is not None and len(x):
-        keep = far_from(x, torch.cat([dm.splits["test"]["x"], dm.splits["val"]["x"]]), dm.dup_tol)
-        dm.n_duplicates_dropped = int((~keep).sum())
-        if dm.n_duplicates_dropped:
-            log.warning("dropped %d transfer inputs within %.0e of a test or validation input",
-                        dm.n_duplicates_dropped, dm.dup_tol)
-        x, y = x[keep] if isinstance(x, Tensor) else x.subset(keep.numpy()), y[keep]
-    return {"x": x, "y": y}
+    if dm.dup_tol is None or not len(x):
+        return {"x": x, "y": y}, 0
+    keep = far_from(x, torch.cat([dm.splits["test"]["x"], dm.splits["val"]["x"]]), dm.dup_tol)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.warning("dropped %d transfer inputs within %.0e of a test or validation input", dropped, dm.dup_tol)
+    return {"x": x[keep] if isinstance(x, Tensor) else x.subset(keep.numpy()), "y": y[keep]}, dropped
 
 
 def far_from(x: Tensor | Standardised, ref: Tensor, tol: float, chunk: int = 50_000) -> Tensor:

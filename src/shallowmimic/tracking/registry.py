@@ -2,14 +2,13 @@
 `<dataset>-<role>` with the alias `champion`, and the teacher it learned from as `<dataset>-teacher`; and the other
 way, a registered model's URI (`teacher.model=models:/mnist1d-teacher@champion`) resolved to the run behind it.
 
-    python -m shallowmimic.registry                   # the newest sweep (`make register`)
-    python -m shallowmimic.registry --parent RUN_ID   # one sweep
+    python -m shallowmimic.tracking.registry                   # the newest sweep (`make register`)
+    python -m shallowmimic.tracking.registry --parent RUN_ID   # one sweep
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from hydra.core.hydra_config import HydraConfig
@@ -20,23 +19,21 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from shallowmimic import project_root
 from shallowmimic.errors import BadValue, UserError
-from shallowmimic.models import MODEL_ID_TAG, using_store
-from shallowmimic.report import fetch_runs
-from shallowmimic.tracking import original
+from shallowmimic.tracking.keys import MODEL_ID, ROLE, SELECT_ON, TEACHER_RUN_ID
+from shallowmimic.tracking.search import best_by_val, original, sweep_runs, teacher_ids
+from shallowmimic.tracking.store import default_uri, using_store
 
 ALIAS = "champion"
-SELECT_ON = "val/best_acc"  # never a test metric: the test split is looked at once, for the report
 
 
 def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersion:
     """A new version of registered model `name` from the run's logged model, aliased `champion` (a run reused in a
     sweep registers the run it was reused from, which logged the model)."""
     run = original(client, run)
-    model_id = run.data.tags.get(MODEL_ID_TAG)
+    model_id = run.data.tags.get(MODEL_ID)
     if model_id is None:
-        raise UserError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID_TAG}); retrain it to register it")
+        raise UserError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID}); retrain it to register it")
     try:
         client.create_registered_model(name, tags={"role": run.data.tags.get("role", "")})
     except MlflowException as err:
@@ -55,26 +52,23 @@ def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersio
 
 
 def best_by_role(runs: list[MlflowRun]) -> dict[str, MlflowRun]:
-    """Each role's run with the best validation accuracy (the ones with a logged model)."""
-    best: dict[str, MlflowRun] = {}
-    for run in runs:
-        role = run.data.tags.get("role")
-        if role and MODEL_ID_TAG in run.data.tags and SELECT_ON in run.data.metrics and (
-                role not in best or run.data.metrics[SELECT_ON] > best[role].data.metrics[SELECT_ON]):
-            best[role] = run
-    return best
+    """Each role's run with the best validation accuracy, of the ones with a logged model (search.best_by_val)."""
+    with_model = [r for r in runs if MODEL_ID in r.data.tags]
+    roles = sorted({r.data.tags[ROLE] for r in with_model if r.data.tags.get(ROLE)})
+    best = {role: best_by_val([r for r in with_model if r.data.tags.get(ROLE) == role]) for role in roles}
+    return {role: run for role, run in best.items() if run is not None}
 
 
 def register_sweep(client: MlflowClient, experiment: str, parent: str | None = None) -> dict[str, ModelVersion]:
     """Register the sweep's best net of each role, and the teacher of its best student (not an ensemble's)."""
-    runs, parent = fetch_runs(client, experiment, parent, everything=False)
+    runs, parent = sweep_runs(client, experiment, parent)
     teachers = {r.info.run_id: r for r in runs if r.data.tags.get("role") == "teacher"}
     best = best_by_role([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent])
     students = [best[role] for role in ("mimic", "kd") if role in best]
     if "teacher" not in best and students:
-        ids = max(students, key=lambda r: r.data.metrics[SELECT_ON]).data.tags.get("teacher_run_id", "")
-        if "," not in ids and ids in teachers:
-            best["teacher"] = teachers[ids]
+        ids = teacher_ids(best_by_val(students).data.tags.get(TEACHER_RUN_ID))
+        if len(ids) == 1 and ids[0] in teachers:
+            best["teacher"] = teachers[ids[0]]
     versions = {role: register_run(client, run, f"{experiment}-{role}") for role, run in best.items()}
     for version in versions.values():  # `make register` and a sweep with register=true both say what they did
         print(f"registered {version.name} version {version.version} as @{ALIAS} (run {version.run_id})")
@@ -123,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="mnist1d", help="MLflow experiment (one per dataset)")
     parser.add_argument("--parent", help="run id of a sweep's parent run (default: the newest sweep)")
-    parser.add_argument("--tracking-uri", default=os.environ.get(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}"))
+    parser.add_argument("--tracking-uri", default=default_uri())
     args = parser.parse_args(argv)
     client = MlflowClient(args.tracking_uri)
     try:

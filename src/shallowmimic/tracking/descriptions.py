@@ -1,18 +1,20 @@
-"""What the MLflow UI shows of a run beside its numbers: MLflow's standard source tags (user, entry point, git
-commit) and `mlflow.note.content`, a short Markdown description with links to the run's teachers and sweep."""
+"""What the MLflow UI shows of a run beside its numbers: its name (`variant`), MLflow's standard source tags (user,
+entry point, git commit, ours with its '-dirty' mark) and `mlflow.note.content`, a short Markdown description with
+links to the run's teachers and sweep."""
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from collections.abc import Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from shallowmimic.sweep import sweep_parent
-from shallowmimic.tracking import git_commit
+from shallowmimic import project_root
 
 # MLflow 3.17's UI picks GenAI or model training from this URL parameter (else the user's last choice, GenAI first)
 UI_VIEW = "workflowType=machine_learning"
@@ -23,6 +25,40 @@ OBJECTIVES = {  # what each objective of conf/objective/ fits, in words
     "mimic": "L2 regression on the teacher's logits (Ba & Caruana's mimic)",
     "kd": "knowledge distillation (Hinton et al.) at T={temperature}",
 }
+
+
+@functools.cache
+def git_commit() -> str:
+    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git. Asked of git once per
+    process: the code a process runs was loaded when it started."""
+    root = project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def variant(cfg: DictConfig, n_teachers: int = 1) -> str:
+    """What sets a run apart within its role: `w=2048 k=32`, `w=512 conv=16 T=4.0 ensemble=4`, `w=512 drop=0.5
+    wd=0.0001`, `CNN1D d=4 c=64`, `DeepMLP h=58x58`. The one
+    place that names it: run names, the `variant` tag, the report and the bench all read it from here."""
+    model, objective = cfg.model, cfg.objective
+    if "width" in model:
+        parts = [f"w={model.width}"] + ([f"k={model.rank}"] if model.rank is not None else [])
+        parts += [f"conv={model.conv_channels}"] if model.get("conv_channels") else []
+        parts += [f"drop={model.dropout}"] if model.get("dropout") else []
+    else:  # a deep net: its class and the sizes of its layers
+        parts = [model._target_.rsplit(".", 1)[-1]]
+        parts += [f"d={model.depth}"] if "depth" in model else []
+        parts += [f"{key[0]}={'x'.join(map(str, model[key])) if OmegaConf.is_list(model[key]) else model[key]}"
+                  for key in ("hidden", "channels") if key in model]
+    parts += [f"wd={cfg.optimizer.weight_decay}"] if cfg.optimizer.get("weight_decay") else []
+    parts += [f"T={objective.temperature}"] if "temperature" in objective else []
+    parts += [f"labels={objective.label_weight}"] if objective.get("label_weight") else []
+    return " ".join(parts + ([f"ensemble={n_teachers}"] if n_teachers > 1 else []))
 
 
 def source_tags() -> dict[str, str]:
@@ -39,7 +75,8 @@ def run_link(run_id: str, experiment_id: str, text: str | None = None) -> str:
     return f"[{text or run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW})"
 
 
-def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun], experiment_id: str) -> str:
+def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun], experiment_id: str,
+             parent: str | None) -> str:
     """The run's description: role, model and size, objective, data, and links to its teachers and sweep."""
     objective = OBJECTIVES.get(cfg.objective.name, cfg.objective.name).format(**cfg.objective)
     lines = [f"**{cfg.role}** `{shape}`: {cfg.model._target_.rsplit('.', 1)[-1]} with {n_params:,} parameters, "
@@ -48,16 +85,15 @@ def describe(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[Mlfl
         links = ", ".join(run_link(t.info.run_id, experiment_id, t.info.run_name) for t in teachers)
         what = "Teachers (an ensemble, logits averaged)" if len(teachers) > 1 else "Teacher"
         lines.append(f"{what}: {links}" + (f" (`{cfg.teacher.model}`)" if cfg.teacher.get("model") else "") + ".")
-    parent = sweep_parent()
     if parent:
         lines.append(f"Part of sweep {run_link(parent, experiment_id)}.")
     return "\n\n".join(lines)
 
 
-def run_tags(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun],
-             experiment_id: str) -> dict[str, str]:
+def run_tags(cfg: DictConfig, shape: str, n_params: int, teachers: Sequence[MlflowRun], experiment_id: str,
+             parent: str | None) -> dict[str, str]:
     """The standard tags a new run gets beside ours: source, user, and its description."""
-    tags = source_tags() | {MLFLOW_RUN_NOTE: describe(cfg, shape, n_params, teachers, experiment_id)}
+    tags = source_tags() | {MLFLOW_RUN_NOTE: describe(cfg, shape, n_params, teachers, experiment_id, parent)}
     return tags | ({"teacher_model_uri": str(cfg.teacher.model)} if cfg.teacher.get("model") else {})
 
 

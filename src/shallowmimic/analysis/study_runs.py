@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
+
+from shallowmimic.tracking.keys import TEACHER_RUN_ID
+from shallowmimic.tracking.search import get_run, newest, search, teacher_ids
 
 # every stage the driver may run, in the order the report discusses them
 STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
@@ -75,31 +77,16 @@ class Study:
         return [s for s in STAGES if not self.stage(s)]
 
 
-def _search(client: MlflowClient, query: str) -> list[Run]:
-    """Every run of every active experiment matching `query`, all pages."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(experiments, query, max_results=1000, page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            return runs
-
-
 def newest_study(client: MlflowClient) -> Run | None:
     """The most recently started run tagged role=study, in any experiment."""
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'study'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    return newest(client, [e.experiment_id for e in client.search_experiments()], "tags.role = 'study'")
 
 
 def load_study(client: MlflowClient, study_run_id: str) -> Study:
     """The study run and every FINISHED job under it (its parent is the study or one of the study's sweeps)."""
     study = client.get_run(study_run_id)
     # one query for sweeps and jobs alike (both carry the stage tag), then the parent chain picks this study's
-    tagged = _search(client, "tags.`study.stage` != ''")
+    tagged = search(client, [e.experiment_id for e in client.search_experiments()], "tags.`study.stage` != ''")
     by_id = {r.info.run_id: r for r in tagged}
 
     def parent(run: Run | None) -> str | None:
@@ -109,11 +96,9 @@ def load_study(client: MlflowClient, study_run_id: str) -> Study:
     jobs = [r for r in tagged if r.info.status == "FINISHED" and r.data.tags.get("role") != "sweep"
             and study_run_id in (parent(r), parent(by_id.get(parent(r) or "")))]
     # a teacher from outside the study (given by run id) still gets a name and a cost row
-    for run_id in sorted({t for r in jobs for t in teacher_ids(r)} - by_id.keys()):
-        try:
-            by_id[run_id] = client.get_run(run_id)
-        except MlflowException:  # deleted since: its students still report its accuracy
-            pass
+    for run_id in sorted({t for r in jobs for t in teachers_of(r)} - by_id.keys()):
+        if (run := get_run(client, run_id)) is not None:  # deleted since: its students still report its accuracy
+            by_id[run_id] = run
     return Study(study, jobs, by_id)
 
 
@@ -139,9 +124,9 @@ def number(run: Run, key: str) -> float:
     return 0.0 if value in ("None", "null", "") else float(value)
 
 
-def teacher_ids(run: Run) -> list[str]:
+def teachers_of(run: Run) -> list[str]:
     """The teacher run ids of a student: one, or the members of an ensemble."""
-    return [t for t in run.data.tags.get("teacher_run_id", "").split(",") if t]
+    return teacher_ids(run.data.tags.get(TEACHER_RUN_ID))
 
 
 SCHEDULES_TO_ZERO = ("warmup_cosine",)  # schedules whose learning rate has run down when the last epoch ends
@@ -159,13 +144,6 @@ def converged(run: Run) -> bool:
 def is_plain(run: Run) -> bool:
     """A label-trained net without dropout or weight decay."""
     return number(run, "model.dropout") == 0 and number(run, "optimizer.weight_decay") == 0
-
-
-def best_by_val(runs: list[Run]) -> Run | None:
-    """The run with the best val/best_acc: selection on validation only, never on test; of equals, the one that
-    started first (the grid's first setting), so the study and its report choose alike."""
-    scored = [r for r in runs if metric(r, "val/best_acc") is not None]
-    return max(scored, key=lambda r: (r.data.metrics["val/best_acc"], -r.info.start_time)) if scored else None
 
 
 def net_label(run: Run) -> str:
@@ -238,7 +216,7 @@ def _series(stage: str, run: Run) -> tuple[str, str]:
 
 def ensembles(study: Study) -> list[Group]:
     """One line per teacher ensemble that figure3's students learned from: its accuracy as they measured it."""
-    students = [r for r in study.stage("figure3") if len(teacher_ids(r)) > 1]
+    students = [r for r in study.stage("figure3") if len(teachers_of(r)) > 1]
     groups = []
     for ids, runs in group_by(students, lambda r: r.data.tags["teacher_run_id"]).items():
         members = [study.by_id.get(t) for t in str(ids).split(",")]
@@ -265,8 +243,8 @@ def the_teacher(study: Study) -> Run | None:
     """The teacher the mimics learned from (the most common single teacher), else the first-seed teacher."""
     counts: dict[str, int] = defaultdict(int)
     for run in study.stage("mimic") + study.stage("kd"):
-        if len(teacher_ids(run)) == 1:
-            counts[teacher_ids(run)[0]] += 1
+        if len(teachers_of(run)) == 1:
+            counts[teachers_of(run)[0]] += 1
     for run_id in sorted(counts, key=counts.__getitem__, reverse=True):
         if run_id in study.by_id:
             return study.by_id[run_id]

@@ -1,16 +1,15 @@
 """Read finished runs from MLflow: the paper-style table (mean +- std over seeds), accuracy against parameters,
 and training curves of baseline vs mimic vs kd; written under outputs/reports/ and logged to the sweep's parent run.
 
-    python -m shallowmimic.report                    # the newest sweep (e.g. the one `make run` launched)
-    python -m shallowmimic.report --parent RUN_ID    # one sweep
-    python -m shallowmimic.report --all              # every finished run of the experiment
+    python -m shallowmimic.analysis.report                    # the newest sweep (e.g. the one `make run` launched)
+    python -m shallowmimic.analysis.report --parent RUN_ID    # one sweep
+    python -m shallowmimic.analysis.report --all              # every finished run of the experiment
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 from collections import defaultdict
@@ -25,42 +24,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from shallowmimic import project_root
-from shallowmimic.describe import publish_report
+from shallowmimic.errors import UserError
 from shallowmimic.settings import ROLES
-from shallowmimic.tracking import history
+from shallowmimic.tracking.descriptions import publish_report
+from shallowmimic.tracking.search import history, sweep_runs
+from shallowmimic.tracking.store import default_uri
 
 ROLE_ORDER = {role: i for i, role in enumerate(ROLES)}  # the paper's order: teacher, baseline, mimic, kd
 STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
 COLUMNS = ["role", "variant", "params", "seeds", "test acc", "agreement", "epochs"]  # variant names the model
-
-
-def fetch_runs(client: MlflowClient, experiment: str, parent: str | None,
-               everything: bool) -> tuple[list[Run], str | None]:
-    """FINISHED runs of one sweep (the newest by default) with their teachers, or of the whole experiment;
-    and the sweep's parent run id."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise SystemExit(f"error: experiment={experiment}: not in the store; run `make run` first")
-    query = "attributes.status = 'FINISHED' and tags.role != 'sweep'"
-    if not everything:
-        if parent is None:
-            sweeps = client.search_runs([exp.experiment_id], "tags.role = 'sweep'",
-                                        order_by=["attributes.start_time DESC"], max_results=1)
-            if not sweeps:
-                raise SystemExit("error: no sweep in the store; pass --all or run `make run`")
-            parent = sweeps[0].info.run_id
-        query += f" and tags.mlflow.parentRunId = '{parent}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            break
-    # the teachers the sweep's mimics learned from (lineage tag), so the table compares against them
-    have = {r.info.run_id for r in runs}
-    teachers = {t for r in runs for t in r.data.tags.get("teacher_run_id", "").split(",") if t} - have  # ensembles
-    return runs + [client.get_run(run_id) for run_id in sorted(teachers)], parent
 
 
 @dataclass
@@ -185,13 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="mnist1d", help="MLflow experiment (one per dataset)")
     parser.add_argument("--parent", help="run id of a sweep's parent run (default: the newest sweep)")
     parser.add_argument("--all", action="store_true", help="every finished run of the experiment")
-    parser.add_argument("--tracking-uri", default=os.environ.get(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}"))
+    parser.add_argument("--tracking-uri", default=default_uri())
     parser.add_argument("--out", type=Path, default=project_root() / "outputs" / "reports")
     args = parser.parse_args(argv)
 
     client = MlflowClient(args.tracking_uri)
-    runs, parent = fetch_runs(client, args.experiment, args.parent, args.all)
+    try:
+        runs, parent = sweep_runs(client, args.experiment, args.parent, args.all)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not runs:
         print("error: no finished runs to report", file=sys.stderr)
         return 1

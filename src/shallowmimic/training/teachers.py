@@ -18,11 +18,11 @@ from omegaconf import ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from shallowmimic import checks
-from shallowmimic.cache import Allocate, cached_maps, digest_arrays, folder_digest, spec_key
+from shallowmimic.cache import Allocate, cached_maps, digest_arrays, folder_digest, release, spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.data.mapped import Standardised, release
+from shallowmimic.data.mapped import Standardised
 from shallowmimic.errors import BadValue, UserError
-from shallowmimic.tracking import original
+from shallowmimic.tracking.search import original, teacher_ids
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
         raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
                         f"{run.info.status}; it must be a FINISHED teacher run")
     return original(client, run)
-
-
-def teacher_ids(run_ids: str | Sequence[str] | None) -> list[str]:
-    """Teacher run ids from one id, a list, or ids joined by commas (as the `teacher_run_id` tag holds them)."""
-    return [i.strip() for i in run_ids.split(",")] if isinstance(run_ids, str) else list(run_ids or [])
 
 
 def check_keys(run_ids: str | Sequence[str] | None, ensemble: int) -> None:

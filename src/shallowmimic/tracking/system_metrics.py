@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from shallowmimic.run import Run
+from shallowmimic.tracking.run import Run
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,26 @@
-"""The tracking store, checked once before any work: reachable, writable, and an intact MLflow database."""
+"""The tracking store: checked once before any work (reachable, writable, an intact MLflow database), one experiment
+per data set, new runs."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import Param
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from omegaconf import DictConfig
 
-from shallowmimic.errors import UserError
+from shallowmimic import project_root
+from shallowmimic.errors import UserError, redact
 
 KEY = "logger.tracking_uri"
+# MLflow 3 classifies an experiment without this tag as GenAI (where its UI reads it); ours train models
+KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND: "custom_model_development"}
 PROBE_TIMEOUT_S = 5  # one request to a tracking server; MLflow's own default is 120 s, retried 7 times
 
 
@@ -84,3 +92,44 @@ def reason(err: Exception) -> str:
             return words
     lines = text.strip().splitlines() or [type(err).__name__]
     return lines[-1][:160]
+
+
+def default_uri() -> str:
+    """The store the command-line tools read when not told: MLFLOW_TRACKING_URI, else the project's outputs/mlflow.db
+    (conf/logger/mlflow.yaml names the same one for jobs)."""
+    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}")
+
+
+def using_store(client: MlflowClient) -> AbstractContextManager[None]:
+    """The global tracking URI pointed at the client's store for a block: MLflow's fluent log_model, and its
+    registry's check of a models:/ source, read the global one whatever client calls them."""
+    return _use_tracking_uri(client._tracking_client.tracking_uri)
+
+
+def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
+    """Client for the configured store and the id of the experiment (created once, with artifacts in outputs/)."""
+    uri = str(logger_cfg.tracking_uri)
+    client = connect(uri, redact(uri))
+    name = str(logger_cfg.experiment_name)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if KIND not in exp.tags:  # an experiment without it opens in the GenAI view
+            client.set_experiment_tag(exp.experiment_id, KIND, EXPERIMENT_TAGS[KIND])
+        return client, exp.experiment_id
+    # A local store keeps artifacts beside it; a tracking server chooses (and serves) its own location.
+    location = None if uri.startswith(("http://", "https://")) else Path(logger_cfg.artifact_root).resolve().as_uri()
+    try:
+        return client, client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+    except Exception:  # another job created it between our look-up and our create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return client, exp.experiment_id
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+              params: dict[str, str]) -> str:
+    """Create a run with its tags and params; return its id."""
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from shallowmimic import __version__, project_root
 from shallowmimic.cache import sha256, spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.sweep import sweep_parent
-from shallowmimic.tracking import REUSED_FROM, git_commit
+from shallowmimic.tracking.descriptions import git_commit
+from shallowmimic.tracking.keys import REUSED_FROM
+from shallowmimic.tracking.sweep import sweep_parent
 
 TAG, FROM = "reuse_key", REUSED_FROM
 # what never changes a result (a student's teachers enter the key as the runs they resolved to)

@@ -18,22 +18,31 @@ from omegaconf import DictConfig, OmegaConf
 from shallowmimic import settings
 from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.describe import run_tags
-from shallowmimic.errors import BadValue, UserError, redact
-from shallowmimic.inputs import log_datasets
-from shallowmimic.models import record_model
+from shallowmimic.errors import BadValue, redact
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
-from shallowmimic.registry import maybe_register, teacher_ids_from_model
-from shallowmimic.resume import Resume, RunState
-from shallowmimic.reuse import TAG, finished_run, reuse, reuse_key
-from shallowmimic.run import Run, variant
-from shallowmimic.system import System
-from shallowmimic.teacher import CONFIG, check_keys, check_teacher, data_params, ensemble_logits, find_teachers
-from shallowmimic.teacher import teacher_device as device_for
-from shallowmimic.teacher import teacher_ids as ids_of
-from shallowmimic.tracking import flat_params, open_store
-from shallowmimic.usage import system_metrics
+from shallowmimic.tracking.datasets import log_datasets
+from shallowmimic.tracking.descriptions import run_tags, variant
+from shallowmimic.tracking.logged_models import record_model
+from shallowmimic.tracking.registry import maybe_register, teacher_ids_from_model
+from shallowmimic.tracking.resume import Resume, RunState
+from shallowmimic.tracking.reuse import TAG, finished_run, reuse, reuse_key
+from shallowmimic.tracking.run import Run, flat_params
+from shallowmimic.tracking.search import teacher_ids as ids_of
+from shallowmimic.tracking.store import open_store
+from shallowmimic.tracking.sweep import sweep_parent
+from shallowmimic.tracking.system_metrics import system_metrics
+from shallowmimic.training.system import System
+from shallowmimic.training.teachers import (
+    CONFIG,
+    check_keys,
+    check_teacher,
+    data_params,
+    ensemble_logits,
+    find_teachers,
+)
+from shallowmimic.training.teachers import teacher_device as device_for
+from shallowmimic.training.trainer import build_callback, checkpoints, relaunch_here, run_trainer
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -59,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
     shape = variant(cfg, len(teachers))
     name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape, TAG: key}
-    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, experiment_id)  # UI's Source...
+    # lineage, then what the UI shows: Source, User, the description
+    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, experiment_id, sweep_parent())
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
     run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
@@ -72,9 +82,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
-        trainer = run.trainer(cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
+        trainer = run_trainer(run, cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
                                     *system_metrics(cfg.logger, run)])
-        run.relaunch_here([t.info.run_id for t in teachers])
+        relaunch_here(run, [t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
         # the one look at test, with the best checkpoint (named: "best" would warn about our two checkpoint callbacks)
         metrics = trainer.test(system, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
@@ -147,21 +157,6 @@ def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule,
     early = trainer.early_stopping_callback
     run.tags({"stop_reason": "early_stopping" if early is not None and early.stopped_epoch > 0 else "max_epochs"})
     return time.perf_counter() - started
-
-
-def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """best.ckpt, chosen on validation (the one the test split sees), and last.ckpt, written
-    every epoch for resume= (Lightning's save_last writes it only in epochs that improve on the best)."""
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=objective.monitor, mode=objective.mode)
-    return best, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-
-
-def build_callback(name: str, node: DictConfig) -> L.Callback:
-    """One callback of conf/callbacks/; keys set for a callback the chosen option does not have are refused."""
-    if "_target_" not in node:
-        raise UserError(f"callbacks.{name}.{next(iter(node), '')}: the chosen callbacks= option has no {name}; "
-                        "choose one that has (e.g. callbacks=early_stopping)")
-    return build("callbacks", node)
 
 
 def build_schedule(node: DictConfig | None) -> Callable[..., dict] | None:

@@ -42,8 +42,8 @@ class SweepParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # imported here: Hydra builds this callback for every job, single runs and `--help` included, and MLflow
         # takes seconds to import
-        from shallowmimic.describe import MLFLOW_RUN_NOTE, source_tags, sweep_description
-        from shallowmimic.tracking import git_commit, open_store, start_run
+        from shallowmimic.tracking.descriptions import MLFLOW_RUN_NOTE, git_commit, source_tags, sweep_description
+        from shallowmimic.tracking.store import open_store, start_run
 
         self.client, experiment_id = open_store(config.logger)
         overrides = redact(" ".join(config.hydra.overrides.task))
@@ -70,7 +70,7 @@ class SweepParentRun(Callback):
         parent = self.run_id
         self._close("FAILED" if failed else "FINISHED")
         if config.get("register") and not failed:
-            from shallowmimic.registry import register_sweep
+            from shallowmimic.tracking.registry import register_sweep
 
             register_sweep(self.client, str(config.logger.experiment_name), parent)
 

@@ -1,9 +1,9 @@
 """`make paper`: the paper's study on one data set, as Hydra multiruns of shallowmimic.train (conf/study/), one stage
-after another under one MLflow parent run, then its report (shallowmimic.paper.report).
+after another under one MLflow parent run, then its report (shallowmimic.analysis.paper).
 
-    python -m shallowmimic.study                                  # conf/study/full.yaml on MNIST-1D
-    python -m shallowmimic.study --size smoke --data digits --jobs 2
-    python -m shallowmimic.study --size smoke paths.outputs=/tmp/study   # overrides for every job
+    python -m shallowmimic.analysis.study                                  # conf/study/full.yaml on MNIST-1D
+    python -m shallowmimic.analysis.study --size smoke --data digits --jobs 2
+    python -m shallowmimic.analysis.study --size smoke paths.outputs=/tmp/study   # overrides for every job
 
 Stages fill `{name}` fields of later ones with what they chose, on validation only: the best teacher, the best
 regularisation of the baseline, the best KD temperature (see conf/study/full.yaml).
@@ -26,10 +26,12 @@ from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import conf_dir
+from shallowmimic.analysis import study_runs as read
 from shallowmimic.errors import UserError
-from shallowmimic.paper import read
-from shallowmimic.run import Run
-from shallowmimic.tracking import git_commit, open_store, start_run
+from shallowmimic.tracking.descriptions import git_commit
+from shallowmimic.tracking.run import Run
+from shallowmimic.tracking.search import best_by_val
+from shallowmimic.tracking.store import open_store, start_run
 
 STUDIES = conf_dir() / "study"
 
@@ -51,7 +53,7 @@ def stage_runs(client: MlflowClient, study_id: str, stage: str) -> list[MlflowRu
 def best(runs: list[MlflowRun]) -> MlflowRun:
     """The run with the best validation accuracy (of its chosen checkpoint), as the report chooses it: selection
     never sees the test split."""
-    chosen = read.best_by_val(runs)
+    chosen = best_by_val(runs)
     if chosen is None:
         raise UserError("a stage the study selects from finished no run; see its jobs' logs under outputs/studies/")
     return chosen
@@ -165,7 +167,7 @@ def begin(args: argparse.Namespace, client: MlflowClient, experiment_id: str) ->
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m shallowmimic.study", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m shallowmimic.analysis.study", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="full", help="conf/study/<size>.yaml over full.yaml: full or smoke")
     p.add_argument("--data", default="mnist1d", help="the data config (conf/data/) the whole study runs on")
     p.add_argument("--jobs", type=int, default=1, help="jobs of a stage run in parallel")
@@ -178,7 +180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the study and write its report; a user's mistake is one line and exit status 2."""
-    from shallowmimic.paper.report import write_report  # matplotlib: only once the study is done
+    from shallowmimic.analysis.paper import write_report  # matplotlib: only once the study is done
 
     args = parse_args(argv)
     try:

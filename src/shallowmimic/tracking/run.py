@@ -9,42 +9,47 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import signals
 from shallowmimic.errors import redact
-from shallowmimic.resume import LAST, Resume, StepOnceMLFlowLogger, logged_steps
-from shallowmimic.sweep import sweep_parent
-from shallowmimic.tracking import git_commit, start_run
+from shallowmimic.tracking.descriptions import git_commit
+from shallowmimic.tracking.resume import LAST, Resume
+from shallowmimic.tracking.store import start_run
+from shallowmimic.tracking.sweep import sweep_parent
 
 
-def variant(cfg: DictConfig, n_teachers: int = 1) -> str:
-    """What sets a run apart within its role: `w=2048 k=32`, `w=512 conv=16 T=4.0 ensemble=4`, `w=512 drop=0.5
-    wd=0.0001`, `CNN1D d=4 c=64`, `DeepMLP h=58x58`. The one
-    place that names it: run names, the `variant` tag, the report and the bench all read it from here."""
-    model, objective = cfg.model, cfg.objective
-    if "width" in model:
-        parts = [f"w={model.width}"] + ([f"k={model.rank}"] if model.rank is not None else [])
-        parts += [f"conv={model.conv_channels}"] if model.get("conv_channels") else []
-        parts += [f"drop={model.dropout}"] if model.get("dropout") else []
-    else:  # a deep net: its class and the sizes of its layers
-        parts = [model._target_.rsplit(".", 1)[-1]]
-        parts += [f"d={model.depth}"] if "depth" in model else []
-        parts += [f"{key[0]}={'x'.join(map(str, model[key])) if OmegaConf.is_list(model[key]) else model[key]}"
-                  for key in ("hidden", "channels") if key in model]
-    parts += [f"wd={cfg.optimizer.weight_decay}"] if cfg.optimizer.get("weight_decay") else []
-    parts += [f"T={objective.temperature}"] if "temperature" in objective else []
-    parts += [f"labels={objective.label_weight}"] if objective.get("label_weight") else []
-    return " ".join(parts + ([f"ensemble={n_teachers}"] if n_teachers > 1 else []))
+def flat_params(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
+    """A short, flat view of the config for MLflow params: `model.width`, `optimizer.lr`, ... (targets named
+    by class only); the full resolved config goes in as an artifact."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("_partial_", "_convert_", "cache_dir", "loss") or (k == "_target_" and "name" in node):
+                    # a group's own `name` (the data set's) wins over its class name, whatever the order; an
+                    # objective's `loss` is built from the keys beside it
+                    continue
+                if k == "_target_":  # a class by its own name: shallowmimic.nets.ShallowNet -> ShallowNet
+                    out[f"{prefix}.name"] = str(v).rsplit(".", 1)[-1]
+                else:
+                    walk(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = str(node)[:250]
+
+    for group in groups:
+        if group in cfg:
+            walk(group, OmegaConf.to_container(cfg[group], resolve=True))
+    return out
+
 
 
 class Run:
@@ -97,31 +102,6 @@ class Run:
         if self.writer:
             self.client.log_artifact(self.run_id, str(path), folder)
 
-    def trainer(self, cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
-        """The configured Trainer, logging into this run (a resumed one skips the steps it logged already)."""
-        logged = logged_steps(self.client, self.run_id) if self.resumed else {}
-        trainer = make_trainer(cfg, self.run_id, callbacks, self.dir, logged)
-        self.params({"trainer.world_size": trainer.world_size,
-                     "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
-        return trainer
-
-    def relaunch_here(self, teacher_ids: list[str]) -> None:
-        """Lightning's DDP re-executes `sys.argv` for ranks > 0, adding `hydra.run.dir=<run.dir>`: inside a
-        multirun that would relaunch the whole sweep into a fresh dir. Make it this one job, in this job's dir, in
-        this run, with this run's teachers."""
-        if not HydraConfig.initialized():
-            return
-        hydra_cfg = HydraConfig.get()
-        # quoted: an id of digits alone would otherwise be read as a number
-        ours = {"logger.run_id": f"'{self.run_id}'"}
-        if teacher_ids:
-            ours |= {"teacher.run_id": "[" + ",".join(f"'{i}'" for i in teacher_ids) + "]", "teacher.ensemble": "1",
-                     "teacher.model": "null"}  # the run a teacher.model= URI resolved to, named by its id above
-        kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ours]
-        sys.argv = [sys.argv[0], *kept, *(f"{k}={v}" for k, v in ours.items())]
-        with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
-            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
-
     def how_to_resume(self) -> str:
         """One line: the run was killed, and the command that continues it from its last checkpoint."""
         name = signal.Signals(signals.received).name if signals.received else "an interrupt"
@@ -158,13 +138,3 @@ class Run:
                 self.client.set_terminated(self.run_id, status)
 
 
-def make_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path,
-                 logged: dict[str, set[int]] | None = None) -> L.Trainer:
-    """The configured Lightning Trainer, logging into MLflow run `run_id` (skipping the `logged` points)."""
-    logger = StepOnceMLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id, logged=logged or {})
-    # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
-    logger.steps = lambda: trainer.global_step
-    return trainer

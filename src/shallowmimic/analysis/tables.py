@@ -16,12 +16,12 @@ from mlflow.entities import Run
 from omegaconf import OmegaConf
 from torch import nn
 
-from shallowmimic.convergence import steps_to_fraction
-from shallowmimic.cost import flops_per_sample, latency_per_sample
-from shallowmimic.paper import read
-from shallowmimic.paper.figures import Curve, Point
-from shallowmimic.paper.read import Group, Stat, Study, converged, group_by, metric, net_label, number, values
-from shallowmimic.tracking import history
+from shallowmimic.analysis import study_runs as read
+from shallowmimic.analysis.convergence import steps_to_fraction
+from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
+from shallowmimic.analysis.figures import Curve, Point
+from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, metric, net_label, number, values
+from shallowmimic.tracking.search import best_by_val, history
 
 Cell = Stat | str | int | float | None
 
@@ -87,7 +87,7 @@ def search_table(study: Study, stage: str, setting: Callable[[Run], str], title:
         table.add({"setting": str(key), "net": net_label(runs[0]), "seeds": len(runs),
                    "val acc": Stat(values(runs, "val/best_acc")), "test acc": Stat(values(runs, "test/acc")),
                    "chosen": "yes" if key == chosen else ""}, [r.info.run_id for r in runs])
-    best = read.best_by_val(grouped.get(chosen, [])) if chosen is not None else None
+    best = best_by_val(grouped.get(chosen, [])) if chosen is not None else None
     if best is not None:
         table.note = (f"Chosen on validation only: {chosen} (val acc {Stat(values([best], 'val/best_acc')).text()}, "
                       f"run `{best.info.run_id}`).")

@@ -3,8 +3,8 @@
 report.md, PNG figures and results.csv (every table, each row with its run ids) go to outputs/reports/paper/ and
 are logged to the study's parent run under `report/`.
 
-    python -m shallowmimic.paper.report                              # the newest study in the project's store
-    python -m shallowmimic.paper.report --study RUN_ID --out DIR
+    python -m shallowmimic.analysis.paper                              # the newest study in the project's store
+    python -m shallowmimic.analysis.paper --study RUN_ID --out DIR
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from shallowmimic import project_root
-from shallowmimic.paper import figures, read, tables
-from shallowmimic.paper.read import PLAIN, REGULARISED, Group, Stat, Study
-from shallowmimic.paper.tables import Table
+from shallowmimic.analysis import figures, tables
+from shallowmimic.analysis import study_runs as read
+from shallowmimic.analysis.study_runs import PLAIN, REGULARISED, Group, Stat, Study
+from shallowmimic.analysis.tables import Table
 
 GAP = 2.0  # points: "the mimic is within 2 points of its teacher", the issue's bar for a converged mimic
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic.cache import spec_key
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.run import Run
+from shallowmimic.tracking.run import Run
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing", "transfer": "training"}
 ATTEMPTS = 4

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from shallowmimic.errors import UserError
-from shallowmimic.teacher import teacher_ids
+from shallowmimic.tracking.search import teacher_ids
 
 KEY = "shallowmimic"  # our entry in every Lightning checkpoint
 LAST = "checkpoints/last.ckpt"  # relative to a run dir
@@ -102,29 +99,3 @@ class Resume:
             raise UserError(f"resume={self.arg}: {key}={params[key]} but run {self.run_id} has {key}={logged[key]}; "
                             "resume with the run's own overrides")
         client.update_run(self.run_id, status="RUNNING")
-
-
-def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
-    """The steps at which each metric of the run was already logged."""
-    return {key: {m.step for m in client.get_metric_history(run_id, key)}
-            for key in client.get_run(run_id).data.metrics}
-
-
-class StepOnceMLFlowLogger(MLFlowLogger):
-    """MLFlowLogger that drops the points already `logged` (same metric, same step): a resumed run re-runs the
-    stretch between its last checkpoint and the crash without logging any step twice.
-
-    Once `steps` is set (run.make_trainer: the trainer's global_step), every point is logged at that optimizer
-    step, as Lightning users read MLflow's step axis: Lightning's own step counts loader items, and an item here is
-    several optimizer steps (loop.steps_per_batch)."""
-
-    def __init__(self, *args: Any, logged: dict[str, set[int]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.logged = logged
-        self.steps: Callable[[], int] | None = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        step = self.steps() if self.steps is not None else step
-        fresh = {k: v for k, v in metrics.items() if step is None or step not in self.logged.get(k, ())}
-        if fresh:
-            super().log_metrics(fresh, step)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from shallowmimic.paper.read import (  # noqa: E402
+from shallowmimic.analysis.study_runs import (  # noqa: E402
     PLAIN,
     REGULARISED,
     Group,
@@ -29,7 +29,7 @@ from shallowmimic.paper.read import (  # noqa: E402
     seed,
     values,
 )
-from shallowmimic.tracking import history  # noqa: E402
+from shallowmimic.tracking.search import history  # noqa: E402
 
 LINES = {"teacher": ("black", ":"), "ensemble": ("dimgray", "-.")}  # the horizontal lines of Figure 1
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import re
-from contextlib import AbstractContextManager
 
 import mlflow
 import mlflow.pytorch
@@ -14,20 +13,14 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from torch import Tensor, nn
 
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.run import Run
+from shallowmimic.tracking.keys import MODEL_ID
+from shallowmimic.tracking.run import Run
+from shallowmimic.tracking.store import using_store
 
-MODEL_ID_TAG = "model_id"  # the run's tag pointing at its LoggedModel
 EXAMPLE_ROWS = 2
-
-
-def using_store(client: MlflowClient) -> AbstractContextManager[None]:
-    """The global tracking URI pointed at the client's store for a block: MLflow's fluent log_model, and its
-    registry's check of a models:/ source, read the global one whatever client calls them."""
-    return _use_tracking_uri(client._tracking_client.tracking_uri)
 
 
 def best_net(net: nn.Module) -> nn.Module:
@@ -66,7 +59,7 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
                                  input_example=x.numpy(), serialization_format="pt2",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client.log_batch(run_id, metrics=[linked(client, run_id, key, model.model_id) for key in metrics])
-    client.set_tag(run_id, MODEL_ID_TAG, model.model_id)
+    client.set_tag(run_id, MODEL_ID, model.model_id)
 
 
 def linked(client: MlflowClient, run_id: str, key: str, model_id: str) -> Metric:
