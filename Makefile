@@ -31,6 +31,9 @@ SWEEP   = $(if $(WIDTHS),model.width=$(WIDTHS)) $(if $(RANKS),model.rank=$(RANKS
 # torch threads per parallel job: the cores shared out, so jobs do not oversubscribe them
 THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
+# make test: pytest workers (pytest-xdist); the suite is mostly separate training processes, so 2 cores take 2
+TEST_JOBS ?= 2
+
 # make paper: the paper's study (conf/study/<SIZE>.yaml) on DATA, JOBS jobs at a time
 SIZE   ?= full
 DATA   ?= mnist1d
@@ -94,7 +97,7 @@ server: install  ## an MLflow tracking server on http://$(HOST):$(PORT) over SER
 		--artifacts-destination $(SERVED_ARTIFACTS) --host $(HOST) --port $(PORT)
 
 test: install  ## the test suite (tiny data, CPU)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(ARGS)
 
 lint: install  ## ruff, and the import-linter contracts of pyproject.toml (the layers, no cycles)
 	$(VENV)/bin/ruff check src tests

@@ -78,7 +78,7 @@ def test_accuracy_ignores_rows_without_a_label() -> None:
     system = System(torch.nn.Identity(), KDLoss(), torch.optim.SGD, num_classes=3)
     logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
     y = torch.tensor([0, 1, -1, -1])  # one right, one wrong, two transfer rows
-    system._step({"x": logits, "z": logits, "y": y}, "val")
+    system._evaluate({"x": logits, "z": logits, "y": y}, "val")
     assert system.metrics["val_metrics"]["acc"].compute() == 0.5
 
 

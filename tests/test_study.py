@@ -7,15 +7,19 @@ from mlflow import MlflowClient
 
 from shallowmimic.analysis.study import fill, main, matched_hidden, stage_runs
 from shallowmimic.errors import UserError
+from shallowmimic.nets import DeepMLP, ShallowNet, n_params
 from shallowmimic.tracking.search import best_by_val
 
 
 def test_deep_nets_are_sized_to_match_the_shallow_ones() -> None:
-    shallow = (40 + 1) * 2048 + (2048 + 1) * 10  # ShallowNet w=2048 on MNIST-1D: 104,458 parameters
-    for depth in (2, 4):
-        h = matched_hidden(shallow, depth, 40, 10)
-        deep = (40 + 1) * h + (depth - 1) * (h + 1) * h + (h + 1) * 10
-        assert abs(deep - shallow) / shallow < 0.01
+    shallow = n_params(ShallowNet(40, 10, width=2048))  # on MNIST-1D: 40 inputs, 10 classes
+    assert shallow == 104_458
+    widths = {depth: matched_hidden(shallow, depth, 40, 10) for depth in (2, 4)}
+    assert widths == {2: 298, 4: 178}
+    for depth, h in widths.items():
+        gap = {w: abs(n_params(DeepMLP(40, 10, hidden=[w] * depth)) - shallow) for w in (h - 1, h, h + 1)}
+        assert gap[h] < min(gap[h - 1], gap[h + 1]), (depth, gap)  # no neighbouring width is closer
+        assert gap[h] / shallow < 0.01
 
 
 def test_a_stage_cannot_use_what_no_earlier_stage_chose() -> None:

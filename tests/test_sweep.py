@@ -2,7 +2,9 @@
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
+from shallowmimic.analysis.report import group_runs, markdown, table
 from shallowmimic.analysis.report import main as report_main
 
 from .conftest import TINY_TEACHER, runs_of
@@ -32,6 +34,34 @@ def test_width_rank_sweep_nests_under_one_parent_and_reports(cli, client: Mlflow
     assert report_main(["--tracking-uri", store_uri, "--out", str(outputs / "reports")]) == 0
     table = (outputs / "reports" / "mnist1d.md").read_text()
     assert table.count("| mimic |") == 4 and table.count("| teacher |") == 1
+
+
+def job(role: str, variant: str, seed: int, n_params: int, metrics: dict[str, float], model: str = "ShallowNet") -> Run:
+    """A finished job run in memory, with the tags, params and metrics the report reads."""
+    info = RunInfo(f"{role} {variant} {seed}", "0", "", "FINISHED", 0, 0, "active")
+    params = [Param("model.name", model), Param("n_params", str(n_params)), Param("seed", str(seed))]
+    tags = [RunTag("role", role), RunTag("variant", variant)]
+    return Run(info, RunData([Metric(k, v, 0, 0) for k, v in metrics.items()], params, tags))
+
+
+def test_report_rows_order_and_numbers() -> None:
+    mimics = [job("mimic", "w=64", seed, 3274, {"test/acc": acc, "test/agreement": acc + 0.02, "val/best_epoch": epoch})
+              for seed, (acc, epoch) in enumerate([(0.91, 3.0), (0.93, 5.0)])]
+    runs = [*mimics, job("baseline", "w=64", 0, 3274, {"test/acc": 0.80}), job("baseline", "w=16", 0, 826, {}),
+            job("teacher", "CNN1D d=2", 0, 5000, {"test/acc": 0.95, "val/best_epoch": 9.0}, "CNN1D")]
+    rows = table(group_runs(runs))
+    # the paper's order of roles, then by size; one seed shows no spread, several show one std
+    assert rows == [
+        {"role": "teacher", "variant": "CNN1D d=2", "params": "5,000", "seeds": "1", "test acc": "95.0%",
+         "agreement": "-", "epochs": "10"},
+        {"role": "baseline", "variant": "w=16", "params": "826", "seeds": "1", "test acc": "-", "agreement": "-",
+         "epochs": "-"},
+        {"role": "baseline", "variant": "w=64", "params": "3,274", "seeds": "1", "test acc": "80.0%",
+         "agreement": "-", "epochs": "-"},
+        {"role": "mimic", "variant": "w=64", "params": "3,274", "seeds": "2", "test acc": "92.0 ± 1.4%",
+         "agreement": "94.0 ± 1.4%", "epochs": "5"}]
+    assert markdown(rows).splitlines()[:2] == ["| role | variant | params | seeds | test acc | agreement | epochs |",
+                                               "|---|---|---|---|---|---|---|"]
 
 
 def test_a_failing_job_is_failed_and_the_others_finish(cli, client: MlflowClient) -> None:

@@ -93,7 +93,7 @@ class ShallowNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> (B, C) logits."""
         if self.front is not None:
-            x = self.front(x.reshape(len(x), *self._conv_shape()))  # (B, conv_channels, L / pool[, W / pool])
+            x = self.front(x.reshape(-1, *self._conv_shape()))  # (B, conv_channels, L / pool[, W / pool])
         return self.layers(x.flatten(1))
 
 
@@ -181,5 +181,21 @@ class CNN2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes) logits."""
-        h = self.features(x.reshape(len(x), *self.in_shape))  # (B, channels[-1], H / 2^n, W / 2^n)
+        h = self.features(x.reshape(-1, *self.in_shape))  # (B, channels[-1], H / 2^n, W / 2^n)
         return self.head(h.mean((2, 3)))  # global average pool
+
+
+class RawInputs(nn.Module):
+    """A trained net behind the standardisation it was trained with: takes inputs as the data files hold them (raw
+    pixels 0..255, raw features) and standardises each dimension with the training split's mean and std, held as
+    buffers, before the net sees them. This is the model a run logs: users hold raw data, not ours."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *in_shape) raw inputs of any dtype -> (B, C) logits."""
+        return self.net((x.float() - self.mean) / self.std)

@@ -1,5 +1,6 @@
 """The study's figures as PNG files: accuracy vs parameters (Figure 1), learning curves over examples seen
-(Figure 2) and student vs teacher accuracy (Figure 3, with its points and whether students track teachers)."""
+(Figure 2) and student vs teacher accuracy (Figure 3, with its points and whether students track teachers); and the
+plotting helpers the sweep's report (report.py) draws with too."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: the study runs headless
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
@@ -29,24 +31,51 @@ from shallowmimic.analysis.study_runs import (  # noqa: E402
     seed,
     values,
 )
+from shallowmimic.tracking.keys import (  # noqa: E402
+    EPOCHS,
+    STAGE,
+    TEACHER_RUN_ID,
+    TEACHER_TEST_ACC,
+    TEST_ACC,
+    TEST_AGREEMENT,
+    TRAIN_ACC,
+    VAL_ACC,
+)
 from shallowmimic.tracking.search import history  # noqa: E402
 
-LINES = {"teacher": ("black", ":"), "ensemble": ("dimgray", "-.")}  # the horizontal lines of Figure 1
+LINES = {"teacher": ("black", ":"), "ensemble": ("dimgray", "-.")}  # the horizontal lines of accuracy vs parameters
+ACCURACY_AXES = {"xscale": "log", "xlabel": "parameters", "ylabel": "test accuracy (%)"}
 
 
-def _save(fig: Figure, path: Path) -> None:
-    """Write and close the figure (an open figure per report would pile up over a long session)."""
+def new_figure(size: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A new figure of `size` inches with one axes."""
+    return plt.subplots(figsize=size)
+
+
+def finish(fig: Figure, ax: Axes, path: Path, legend_size: int, **labels: str) -> None:
+    """Label the axes (Axes.set's keywords), add grid and legend, write the figure and close it (open ones pile up)."""
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def accuracy_series(ax: Axes, label: str, members: list[Group], dashed: bool) -> None:
+    """One series of test accuracy against parameters: the mean over seeds, error bars one std."""
+    members = sorted(members, key=lambda g: g.params)
+    stats = [g.stat(TEST_ACC) for g in members]
+    ax.errorbar([g.params for g in members], [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats],
+                marker="o", capsize=3, linestyle="--" if dashed else "-", label=label)
+
+
 def figure1(groups: list[Group], path: Path) -> None:
     """Test accuracy against parameters (log x), error bars one std over seeds; teacher and ensemble as lines."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = new_figure((7.5, 4.8))
     series: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        acc = g.stat("test/acc")
+        acc = g.stat(TEST_ACC)
         if acc.mean is None:
             continue
         if g.series in LINES:
@@ -55,17 +84,9 @@ def figure1(groups: list[Group], path: Path) -> None:
         else:
             series[f"{g.series} {g.detail}".strip()].append(g)
     for label, members in series.items():
-        members.sort(key=lambda g: g.params)
-        stats = [g.stat("test/acc") for g in members]
         lower = any(not all(g.converged) for g in members)  # a run still learning: its point is a lower bound
-        ax.errorbar([g.params for g in members], [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats],
-                    marker="o", capsize=3, linestyle="--" if "labels" in label else "-",
-                    label=label + (" (lower bound)" if lower else ""))
-    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)",
-           title="Figure 1: accuracy vs parameters (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+        accuracy_series(ax, label + (" (lower bound)" if lower else ""), members, dashed="labels" in label)
+    finish(fig, ax, path, 7, **ACCURACY_AXES, title="Figure 1: accuracy vs parameters (mean ± std over seeds)")
 
 
 @dataclass
@@ -83,7 +104,7 @@ def _curve(client: MlflowClient, series: str, run_id: str, batch: int) -> Curve:
     def seen(key: str) -> list[tuple[int, float]]:
         """(examples seen, accuracy in %) of one history."""
         return [(step * batch, 100 * v) for step, v in history(client, run_id, key) if step > 0]  # log x: no 0
-    return Curve(series, run_id, seen("train/acc"), seen("val/acc"))
+    return Curve(series, run_id, seen(TRAIN_ACC), seen(VAL_ACC))
 
 
 def figure2_runs(study: Study) -> tuple[int, dict[str, str]] | None:
@@ -113,17 +134,14 @@ def figure2(client: MlflowClient, study: Study, path: Path) -> tuple[int, list[C
     width, run_ids = chosen
     curves = [_curve(client, series, run_id, int(number(study.by_id[run_id], "data.global_batch_size")) or 1)
               for series, run_id in run_ids.items()]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = new_figure((7.5, 4.8))
     for i, curve in enumerate(curves):
         color = f"C{i}"
         for points, style, split in ((curve.train, "--", "train"), (curve.val, "-", "val")):
             if points:
                 ax.plot(*zip(*points, strict=True), color=color, linestyle=style, label=f"{curve.series} {split}")
-    ax.set(xscale="log", xlabel="training examples seen", ylabel="accuracy (%)",
+    finish(fig, ax, path, 7, xscale="log", xlabel="training examples seen", ylabel="accuracy (%)",
            title=f"Figure 2: learning curves at width {width} (first seed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
     return width, curves
 
 
@@ -146,22 +164,22 @@ def teacher_label(study: Study, ids: list[str]) -> str:
     run = study.by_id.get(ids[0]) if ids else None
     if run is None:
         return ids[0] if ids else "?"
-    epochs = metric(run, "train/epochs")
+    epochs = metric(run, EPOCHS)
     trained = f" {epochs:.0f} epochs" if epochs is not None else ""
-    return f"{run.data.tags.get('study.stage')} {net_label(run)}{trained} seed={seed(run)}"
+    return f"{run.data.tags.get(STAGE)} {net_label(run)}{trained} seed={seed(run)}"
 
 
 def figure3_points(study: Study) -> list[Point]:
     """Figure 3's points, by student width then teacher accuracy (as each student measured its teacher)."""
     points = []
     keyed = group_by(study.stage("figure3"),
-                     lambda r: (int(number(r, "model.width")), r.data.tags.get("teacher_run_id", "")))
+                     lambda r: (int(number(r, "model.width")), r.data.tags.get(TEACHER_RUN_ID, "")))
     for (width, ids), runs in keyed.items():
-        teacher = values(runs, "teacher/test_acc")
+        teacher = values(runs, TEACHER_TEST_ACC)
         if not teacher:
             continue
         points.append(Point(width, teacher_label(study, str(ids).split(",")), statistics.fmean(teacher),
-                            Stat(values(runs, "test/acc")), Stat(values(runs, "test/agreement")),
+                            Stat(values(runs, TEST_ACC)), Stat(values(runs, TEST_AGREEMENT)),
                             [r.info.run_id for r in runs]))
     return sorted(points, key=lambda p: (p.width, p.teacher_acc))
 
@@ -183,7 +201,7 @@ def tracks(points: list[Point]) -> list[tuple[str, bool | None]]:
 
 def figure3(points: list[Point], path: Path) -> None:
     """Student test accuracy against its teacher's, one series per student width, with the y = x line."""
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = new_figure((6, 5.5))
     by_width: dict[int, list[Point]] = defaultdict(list)
     for p in points:
         by_width[p.width].append(p)
@@ -194,8 +212,5 @@ def figure3(points: list[Point], path: Path) -> None:
     if everything:
         low, high = min(everything) - 2, max(everything) + 2
         ax.plot([low, high], [low, high], color="gray", linestyle=":", label="y = x")
-    ax.set(xlabel="teacher test accuracy (%)", ylabel="student test accuracy (%)",
+    finish(fig, ax, path, 8, xlabel="teacher test accuracy (%)", ylabel="student test accuracy (%)",
            title="Figure 3: student vs teacher accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)

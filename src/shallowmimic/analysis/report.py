@@ -13,20 +13,18 @@ import csv
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from shallowmimic import project_root
+from shallowmimic.analysis import figures
+from shallowmimic.analysis.study_runs import Group, group_by, seed
 from shallowmimic.errors import UserError
 from shallowmimic.settings import ROLES
 from shallowmimic.tracking.descriptions import publish_report
+from shallowmimic.tracking.keys import BEST_EPOCH, ROLE, TEST_ACC, TEST_AGREEMENT, VAL_ACC, VARIANT
 from shallowmimic.tracking.search import history, sweep_runs
 from shallowmimic.tracking.store import default_uri
 
@@ -35,112 +33,82 @@ STUDENTS = ("mimic", "kd")  # the roles that learn from a teacher's logits
 COLUMNS = ["role", "variant", "params", "seeds", "test acc", "agreement", "epochs"]  # variant names the model
 
 
-@dataclass
-class Group:
-    """The runs of one configuration (role, model, variant: width, rank, conv front, T, ensemble) across seeds."""
-
-    role: str
-    model: str
-    variant: str
-    params: int
-    runs: list[Run]
-
-    def values(self, metric: str) -> list[float]:
-        """The metric of every run that logged it."""
-        return [r.data.metrics[metric] for r in self.runs if metric in r.data.metrics]
-
-    def param(self, key: str) -> str:
-        """A param of the group's runs (they share it)."""
-        return self.runs[0].data.params.get(key, "-")
-
-    @property
-    def series(self) -> str:
-        """The group's line in a plot over sizes: its role and variant without the width."""
-        return " ".join([self.role, *(p for p in self.variant.split() if not p.startswith("w="))])
+def configuration(run: Run) -> tuple[str, str, str, int]:
+    """(role, model, variant, n_params): what the seeds of one configuration share (variant: width, rank, T...)."""
+    return (run.data.tags.get(ROLE, "?"), run.data.params.get("model.name", "?"), run.data.tags.get(VARIANT, "-"),
+            int(run.data.params.get("n_params", 0)))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Runs grouped by configuration, in the paper's order: teacher, baseline, mimic, kd; then by size."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        key = (run.data.tags.get("role", "?"), run.data.params.get("model.name", "?"),
-               run.data.tags.get("variant", "-"), int(run.data.params.get("n_params", 0)))
-        groups[key].append(run)
-    return [Group(*key, members) for key, members in
-            sorted(groups.items(), key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][2]))]
+    """Groups of one configuration's runs (series: the role; detail: the variant) in the paper's order, then by size."""
+    keyed = sorted(group_by(runs, configuration).items(),
+                   key=lambda kv: (ROLE_ORDER.get(kv[0][0], 9), kv[0][3], kv[0][2]))
+    return [Group.of(role, members, variant) for (role, _, variant, _), members in keyed]
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}%"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
+def param(group: Group, key: str, default: str = "-") -> str:
+    """A param of the group's runs (they share it)."""
+    return group.runs[0].data.params.get(key, default)
+
+
+def epochs(group: Group) -> str:
+    """The mean number of epochs to the chosen checkpoint, '-' when no run logged it."""
+    best = group.metrics.get(BEST_EPOCH, ())  # counted from 0
+    return f"{statistics.fmean(best) + 1:.0f}" if best else "-"
 
 
 def table(groups: list[Group]) -> list[dict[str, str]]:
-    """One row per group: test accuracy and agreement as mean +- std over seeds."""
-    rows = []
-    for g in groups:
-        epochs = g.values("val/best_epoch")
-        rows.append({"role": g.role, "variant": g.variant, "params": f"{g.params:,}",
-                     "seeds": str(len(g.runs)), "test acc": _mean_std(g.values("test/acc")),
-                     "agreement": _mean_std(g.values("test/agreement")),
-                     "epochs": f"{statistics.fmean(epochs) + 1:.0f}" if epochs else "-"})
-    return rows
+    """One row per group: test accuracy and agreement as mean ± std over seeds."""
+    return [{"role": g.series, "variant": g.detail, "params": f"{g.params:,}", "seeds": str(len(g.runs)),
+             "test acc": g.stat(TEST_ACC).text(), "agreement": g.stat(TEST_AGREEMENT).text(), "epochs": epochs(g)}
+            for g in groups]
+
+
+def plot_label(group: Group) -> str:
+    """The group's line in a plot over sizes: its role and variant without the width."""
+    return " ".join([group.series, *(p for p in group.detail.split() if not p.startswith("w="))])
 
 
 def plot_accuracy(groups: list[Group], path: Path) -> None:
     """Test accuracy against parameters (log x), as the paper's Figure 1: the teacher as a line, one series for
     each (role, rank) of the shallow nets, error bars one standard deviation over seeds."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[str, list[Group]] = defaultdict(list)
+    fig, ax = figures.new_figure((7, 4.5))
+    lines: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        if g.role == "teacher":
-            acc = 100 * statistics.fmean(g.values("test/acc"))
-            ax.axhline(acc, color="black", linestyle=":", label=f"teacher {g.model} ({g.params:,} params)")
-        elif g.values("test/acc"):
-            series[g.series].append(g)
-    for label, members in sorted(series.items()):
-        members.sort(key=lambda g: g.params)
-        accs = [[100 * v for v in g.values("test/acc")] for g in members]
-        ax.errorbar([g.params for g in members], [statistics.fmean(a) for a in accs],
-                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], marker="o", capsize=3,
-                    linestyle="--" if label.startswith("baseline") else "-", label=label)
-    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)",
-           title="Shallow nets: labels vs the teacher's logits (mimic, kd)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        acc = g.stat(TEST_ACC).mean
+        if acc is None:
+            continue
+        if g.series == "teacher":
+            color, style = figures.LINES["teacher"]
+            label = f"teacher {param(g, 'model.name', '?')} ({g.params:,} params)"
+            ax.axhline(acc, color=color, linestyle=style, label=label)
+        else:
+            lines[plot_label(g)].append(g)
+    for label, members in sorted(lines.items()):
+        figures.accuracy_series(ax, label, members, dashed=label.startswith("baseline"))
+    figures.finish(fig, ax, path, 8, **figures.ACCURACY_AXES,
+                   title="Shallow nets: labels vs the teacher's logits (mimic, kd)")
 
 
 def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
     """Validation accuracy per epoch of baseline vs mimic vs kd at the largest shape (width, rank) the baseline
     shares with a student (first seed and plainest variant of each role); False when there is no such pair."""
     shallow: dict[tuple[str, str, str], Group] = {}
-    for g in sorted(groups, key=lambda g: len(g.variant)):  # the plainest variant of a role first
-        if g.role in ("baseline", *STUDENTS) and g.param("model.width") != "-":  # shallow nets only
-            shallow.setdefault((g.role, g.param("model.width"), g.param("model.rank")), g)
+    for g in sorted(groups, key=lambda g: len(g.detail)):  # the plainest variant of a role first
+        if g.series in ("baseline", *STUDENTS) and param(g, "model.width") != "-":  # shallow nets only
+            shallow.setdefault((g.series, param(g, "model.width"), param(g, "model.rank")), g)
     pairs = {(w, k) for (role, w, k) in shallow if role in STUDENTS and ("baseline", w, k) in shallow}
     if not pairs:
         return False
     width, rank = max(pairs, key=lambda wk: (int(wk[0]), wk[1] == "None"))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figures.new_figure((7, 4.5))
     for role in ("baseline", *STUDENTS):
-        if (role, width, rank) not in shallow:
-            continue
-        run = min(shallow[(role, width, rank)].runs, key=lambda r: int(r.data.params.get("seed", 0)))
-        values = [100 * v for _, v in history(client, run.info.run_id, "val/acc")]
-        ax.plot(range(1, len(values) + 1), values, label=f"{role} ({run.info.run_name})")
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"width {width}, rank {rank}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        if (role, width, rank) in shallow:
+            run = min(shallow[(role, width, rank)].runs, key=seed)
+            values = [100 * v for _, v in history(client, run.info.run_id, VAL_ACC)]
+            ax.plot(range(1, len(values) + 1), values, label=f"{role} ({run.info.run_name})")
+    figures.finish(fig, ax, path, 8, xlabel="epoch", ylabel="validation accuracy (%)",
+                   title=f"width {width}, rank {rank}")
     return True
 
 

@@ -29,9 +29,10 @@ from shallowmimic import conf_dir
 from shallowmimic.analysis import study_runs as read
 from shallowmimic.errors import UserError
 from shallowmimic.tracking.descriptions import git_commit
+from shallowmimic.tracking.keys import FAILED_STAGES, GIT_COMMIT, PARENT, ROLE, STAGE, STUDY_SIZE
 from shallowmimic.tracking.run import Run
 from shallowmimic.tracking.search import best_by_val
-from shallowmimic.tracking.store import open_store, start_run
+from shallowmimic.tracking.store import Store, open_store
 
 STUDIES = conf_dir() / "study"
 
@@ -127,15 +128,13 @@ def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id:
     return False
 
 
-def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient, experiment_id: str,
-              study_id: str) -> None:
+def run_study(args: argparse.Namespace, study: DictConfig, store: Store, study_id: str) -> None:
     """Every stage in order, each filled with what the stages before it chose; a continued study (--study) skips
     the stages it finished."""
-    values: dict[str, str] = {}
-    failed: list[str] = []
+    client, values, failed = store.client, {}, []
     for stage, overrides in study.stages.items():
         extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
-        if not (args.study and finished(client, experiment_id, study_id, stage)):
+        if not (args.study and finished(store, study_id, stage)):
             if not launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id):
                 failed.append(stage)  # the report uses the jobs that finished and counts them per row
         if not stage_runs(client, study_id, stage):
@@ -143,26 +142,27 @@ def run_study(args: argparse.Namespace, study: DictConfig, client: MlflowClient,
         if stage in SELECT:
             values |= SELECT[stage](stage_runs(client, study_id, stage), study)
     if failed:  # tagged on the study: its report stands on fewer seeds there
-        client.set_tag(study_id, "study.failed_stages", ",".join(failed))
+        client.set_tag(study_id, FAILED_STAGES, ",".join(failed))
 
 
-def finished(client: MlflowClient, experiment_id: str, study_id: str, stage: str) -> bool:
+def finished(store: Store, study_id: str, stage: str) -> bool:
     """Whether the study has a FINISHED sweep of this stage."""
-    return bool(client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{study_id}' and "
-                                   f"tags.`study.stage` = '{stage}' and attributes.status = 'FINISHED'"))
+    return bool(store.search(f"tags.{PARENT} = '{study_id}' and tags.`{STAGE}` = '{stage}' and "
+                             "attributes.status = 'FINISHED'"))
 
 
-def begin(args: argparse.Namespace, client: MlflowClient, experiment_id: str) -> str:
+def begin(args: argparse.Namespace, store: Store) -> str:
     """The study's MLflow parent run: a new one, or the unfinished one named by --study, reopened."""
     if args.study:
+        client = store.client
         run = client.get_run(args.study)
-        if run.data.tags.get("role") != "study" or run.info.status == "FINISHED":
+        if run.data.tags.get(ROLE) != "study" or run.info.status == "FINISHED":
             raise UserError(f"--study {args.study}: not an unfinished study run")
         client.update_run(args.study, status="RUNNING")
         return args.study
-    tags = {"role": "study", "study.size": args.size, "git_commit": git_commit()}
-    return start_run(client, experiment_id, f"study size={args.size} data={args.data}", tags,
-                     {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
+    tags = {ROLE: "study", STUDY_SIZE: args.size, GIT_COMMIT: git_commit()}
+    return store.start_run(f"study size={args.size} data={args.data}", tags,
+                           {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -187,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.size)
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
-        client, experiment_id = open_store(cfg.logger)
-        study_id = begin(args, client, experiment_id)
+        store = open_store(cfg.logger)
+        client = store.client
+        study_id = begin(args, store)
         with Run(client, study_id, Path(cfg.paths.outputs), resumed=False).closing():
-            run_study(args, study, client, experiment_id, study_id)
+            run_study(args, study, store, study_id)
             files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper")
         print("wrote " + ", ".join(str(f) for f in files))
         return 0

@@ -10,7 +10,21 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from shallowmimic.tracking.keys import TEACHER_RUN_ID
+from shallowmimic.tracking.keys import (
+    BEST_EPOCH,
+    EPOCHS,
+    PARENT,
+    ROLE,
+    SELECT_ON,
+    STAGE,
+    STOP_REASON,
+    STUDY_SIZE,
+    TEACHER_RUN_ID,
+    TEACHER_TEST_ACC,
+    TEACHER_VAL_ACC,
+    TEST_ACC,
+    TEST_AGREEMENT,
+)
 from shallowmimic.tracking.search import get_run, newest, search, teacher_ids
 
 # every stage the driver may run, in the order the report discusses them
@@ -61,12 +75,12 @@ class Study:
     @property
     def size(self) -> str:
         """The study's size tag ('smoke', ...), '' when untagged."""
-        return self.run.data.tags.get("study.size", "")
+        return self.run.data.tags.get(STUDY_SIZE, "")
 
     def stage(self, name: str) -> list[Run]:
         """The stage's job runs (and its aliases'), ordered by seed (so 'the first seed' is the first run)."""
         names = {name} | {alias for alias, stage in ALIASES.items() if stage == name}
-        return sorted((r for r in self.jobs if r.data.tags.get("study.stage") in names), key=seed)
+        return sorted((r for r in self.jobs if r.data.tags.get(STAGE) in names), key=seed)
 
     def present(self) -> list[str]:
         """The stages with finished runs."""
@@ -79,21 +93,21 @@ class Study:
 
 def newest_study(client: MlflowClient) -> Run | None:
     """The most recently started run tagged role=study, in any experiment."""
-    return newest(client, [e.experiment_id for e in client.search_experiments()], "tags.role = 'study'")
+    return newest(client, [e.experiment_id for e in client.search_experiments()], f"tags.{ROLE} = 'study'")
 
 
 def load_study(client: MlflowClient, study_run_id: str) -> Study:
     """The study run and every FINISHED job under it (its parent is the study or one of the study's sweeps)."""
     study = client.get_run(study_run_id)
     # one query for sweeps and jobs alike (both carry the stage tag), then the parent chain picks this study's
-    tagged = search(client, [e.experiment_id for e in client.search_experiments()], "tags.`study.stage` != ''")
+    tagged = search(client, [e.experiment_id for e in client.search_experiments()], f"tags.`{STAGE}` != ''")
     by_id = {r.info.run_id: r for r in tagged}
 
     def parent(run: Run | None) -> str | None:
         """The run's parent run id."""
-        return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+        return run.data.tags.get(PARENT) if run is not None else None
 
-    jobs = [r for r in tagged if r.info.status == "FINISHED" and r.data.tags.get("role") != "sweep"
+    jobs = [r for r in tagged if r.info.status == "FINISHED" and r.data.tags.get(ROLE) != "sweep"
             and study_run_id in (parent(r), parent(by_id.get(parent(r) or "")))]
     # a teacher from outside the study (given by run id) still gets a name and a cost row
     for run_id in sorted({t for r in jobs for t in teachers_of(r)} - by_id.keys()):
@@ -135,8 +149,8 @@ SCHEDULES_TO_ZERO = ("warmup_cosine",)  # schedules whose learning rate has run 
 def converged(run: Run) -> bool:
     """Stopped early, ran a decaying schedule to its end, or its best validation epoch came before its last one
     (else its numbers are a lower bound)."""
-    best, epochs = metric(run, "val/best_epoch"), metric(run, "train/epochs")
-    return (run.data.tags.get("stop_reason") == "early_stopping"
+    best, epochs = metric(run, BEST_EPOCH), metric(run, EPOCHS)
+    return (run.data.tags.get(STOP_REASON) == "early_stopping"
             or run.data.params.get("scheduler.name") in SCHEDULES_TO_ZERO
             or (best is not None and epochs is not None and best < epochs - 1))
 
@@ -169,7 +183,8 @@ def group_by(runs: Iterable[Run], key: Callable[[Run], Hashable]) -> dict[Hashab
 
 @dataclass
 class Group:
-    """One row of the main table: a series at one size, over seeds (or the ensemble line, from its students)."""
+    """The runs of one configuration over seeds: a row of a table, a point of a figure (the study's ensemble line
+    comes from its students). The study's series is 'mimic', PLAIN, ...; a sweep's is the runs' role."""
 
     series: str
     params: int
@@ -177,13 +192,13 @@ class Group:
     run_ids: list[str]
     metrics: dict[str, tuple[float, ...]]
     converged: list[bool]
-    detail: str = ""  # what the series was chosen with: 'dropout=0.5 wd=0.0001', 'T=4.0'
+    detail: str = ""  # what the series was chosen with: 'dropout=0.5 wd=0.0001', 'T=4.0'; a sweep's variant tag
     runs: list[Run] = field(default_factory=list)  # the job runs (none for the ensemble line)
 
     @classmethod
     def of(cls, series: str, runs: list[Run], detail: str = "") -> Group:
         """The group of one configuration's runs (they share n_params and the net)."""
-        keys = ("test/acc", "val/best_acc", "test/agreement")
+        keys = (TEST_ACC, SELECT_ON, TEST_AGREEMENT, BEST_EPOCH)
         return cls(series, int(runs[0].data.params.get("n_params", 0)), net_label(runs[0]),
                    [r.info.run_id for r in runs], {k: values(runs, k) for k in keys},
                    [converged(r) for r in runs], detail, runs)
@@ -218,12 +233,11 @@ def ensembles(study: Study) -> list[Group]:
     """One line per teacher ensemble that figure3's students learned from: its accuracy as they measured it."""
     students = [r for r in study.stage("figure3") if len(teachers_of(r)) > 1]
     groups = []
-    for ids, runs in group_by(students, lambda r: r.data.tags["teacher_run_id"]).items():
+    for ids, runs in group_by(students, lambda r: r.data.tags[TEACHER_RUN_ID]).items():
         members = [study.by_id.get(t) for t in str(ids).split(",")]
         params = sum(int(m.data.params.get("n_params", 0)) for m in members if m is not None)
         # every student of one ensemble measured the same logits: one value, not one per student
-        metrics = {"test/acc": values(runs[:1], "teacher/test_acc"),
-                   "val/best_acc": values(runs[:1], "teacher/val_acc")}
+        metrics = {TEST_ACC: values(runs[:1], TEACHER_TEST_ACC), SELECT_ON: values(runs[:1], TEACHER_VAL_ACC)}
         net = f"{len(members)} x {net_label(members[0])}" if members[0] is not None else f"{len(members)} teachers"
         groups.append(Group("ensemble", params, net, str(ids).split(","), metrics, [], f"of {len(members)} teachers"))
     return groups

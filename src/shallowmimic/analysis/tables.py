@@ -21,6 +21,7 @@ from shallowmimic.analysis.convergence import steps_to_fraction
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
 from shallowmimic.analysis.figures import Curve, Point
 from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, metric, net_label, number, values
+from shallowmimic.tracking.keys import EPOCHS, FIT_SECONDS, ROLE, SELECT_ON, TEST_ACC, TEST_AGREEMENT, VAL_LOGIT_MSE
 from shallowmimic.tracking.search import best_by_val, history
 
 Cell = Stat | str | int | float | None
@@ -80,16 +81,16 @@ def search_table(study: Study, stage: str, setting: Callable[[Run], str], title:
     """A search stage's grid, by setting, and the setting chosen on validation (best mean val/best_acc)."""
     table = Table(stage, title, ["setting", "net", "seeds", "val acc", "test acc", "chosen"])
     grouped = dict(sorted(group_by(study.stage(stage), setting).items(), key=lambda kv: _natural(str(kv[0]))))
-    scores = {key: Stat(values(runs, "val/best_acc")).mean for key, runs in grouped.items()}
+    scores = {key: Stat(values(runs, SELECT_ON)).mean for key, runs in grouped.items()}
     scored = [k for k, v in scores.items() if v is not None]
     chosen = max(scored, key=lambda k: scores[k]) if scored else None
     for key, runs in grouped.items():
         table.add({"setting": str(key), "net": net_label(runs[0]), "seeds": len(runs),
-                   "val acc": Stat(values(runs, "val/best_acc")), "test acc": Stat(values(runs, "test/acc")),
+                   "val acc": Stat(values(runs, SELECT_ON)), "test acc": Stat(values(runs, TEST_ACC)),
                    "chosen": "yes" if key == chosen else ""}, [r.info.run_id for r in runs])
     best = best_by_val(grouped.get(chosen, [])) if chosen is not None else None
     if best is not None:
-        table.note = (f"Chosen on validation only: {chosen} (val acc {Stat(values([best], 'val/best_acc')).text()}, "
+        table.note = (f"Chosen on validation only: {chosen} (val acc {Stat(values([best], SELECT_ON)).text()}, "
                       f"run `{best.info.run_id}`).")
     return table, None if chosen is None else str(chosen)
 
@@ -100,8 +101,8 @@ def main_table(groups: list[Group]) -> Table:
                   ["series", "net", "params", "seeds", "test acc", "val acc", "agreement", "converged"])
     for g in groups:
         table.add({"series": f"{g.series} {g.detail}".strip(), "net": g.net, "params": g.params,
-                   "seeds": len(g.runs) or 1, "test acc": g.stat("test/acc"), "val acc": g.stat("val/best_acc"),
-                   "agreement": g.stat("test/agreement"), "converged": convergence(g.converged)}, g.run_ids)
+                   "seeds": len(g.runs) or 1, "test acc": g.stat(TEST_ACC), "val acc": g.stat(SELECT_ON),
+                   "agreement": g.stat(TEST_AGREEMENT), "converged": convergence(g.converged)}, g.run_ids)
     return table
 
 
@@ -131,9 +132,9 @@ def figure3_table(points: list[Point]) -> Table:
 
 def _to_95(client: MlflowClient, run: Run) -> tuple[int, float, float] | None:
     """(epochs, seconds) to reach 95% of the run's final val/logit_mse reduction, and its final value."""
-    mse = [v for _, v in history(client, run.info.run_id, "val/logit_mse")]
+    mse = [v for _, v in history(client, run.info.run_id, VAL_LOGIT_MSE)]
     i = steps_to_fraction(mse, 0.95)
-    fit_s, epochs = metric(run, "time/fit_s"), metric(run, "train/epochs")
+    fit_s, epochs = metric(run, FIT_SECONDS), metric(run, EPOCHS)
     if i is None or not fit_s or not epochs:
         return None
     return i + 1, fit_s * (i + 1) / epochs, mse[-1]  # history index i: reached after i + 1 epochs
@@ -200,7 +201,7 @@ def _rows(table: Table, grouped: dict[Hashable, list[Run]], label: Callable[[Run
         table.add({title: label(members[0]), "net": net_label(members[0]),
                    "params": int(number(members[0], "n_params")),
                    "rows per epoch": int(number(members[0], "data.n_train_rows")), "seeds": len(members),
-                   "test acc": Stat(values(members, "test/acc")), "agreement": Stat(values(members, "test/agreement")),
+                   "test acc": Stat(values(members, TEST_ACC)), "agreement": Stat(values(members, TEST_AGREEMENT)),
                    "converged": convergence([converged(r) for r in members])}, [r.info.run_id for r in members])
 
 
@@ -225,7 +226,7 @@ def controls_table(study: Study) -> Table:
 
 def objective(run: Run) -> str:
     """'L2 on logits' for a mimic, 'KD T=4.0' for kd."""
-    role = run.data.tags.get("role")
+    role = run.data.tags.get(ROLE)
     return f"KD T={run.data.params.get('objective.temperature')}" if role == "kd" else "L2 on logits"
 
 
@@ -236,7 +237,7 @@ def l2_vs_kd_table(study: Study) -> Table:
     widths = {number(r, "model.width") for r in study.stage("mimic")} & {number(r, "model.width")
                                                                         for r in study.stage("kd")}
     runs = [r for r in study.stage("mimic") + study.stage("kd") if number(r, "model.width") in widths]
-    runs.sort(key=lambda r: (number(r, "model.width"), r.data.tags.get("role", "")))
+    runs.sort(key=lambda r: (number(r, "model.width"), r.data.tags.get(ROLE, "")))
     _rows(table, group_by(runs, lambda r: (objective(r), net_label(r))), objective, "objective")
     return table
 

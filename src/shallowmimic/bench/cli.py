@@ -22,7 +22,7 @@ from shallowmimic.errors import redact
 from shallowmimic.nets import n_params
 from shallowmimic.tracking.descriptions import git_commit, variant
 from shallowmimic.tracking.run import Run
-from shallowmimic.tracking.store import open_store, start_run
+from shallowmimic.tracking.store import open_store
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def measure(shape: Shape, args: argparse.Namespace, run_id: str, cfg: object) ->
     if args.profile:  # where (b)'s time goes, by Lightning hook: logged with the run, its head printed
         lightning_sps(cfg, data, run_id, epochs, profile=run_dir)
         report = run_dir / "fit-profile.txt"
-        open_store(cfg.logger)[0].log_artifact(run_id, str(report))
+        open_store(cfg.logger).client.log_artifact(run_id, str(report))
         head = "\n".join(report.read_text().splitlines()[:24])
         print(f"\n{shape.name}: Lightning's SimpleProfiler of one (b) fit\n{head}")
     return metrics
@@ -122,7 +122,8 @@ def measure(shape: Shape, args: argparse.Namespace, run_id: str, cfg: object) ->
 def bench_one(shape: Shape, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
     """Measure one shape as a role=bench MLflow run; return its name and metrics."""
     cfg = bench_config(shape.width, shape.rank, shape.batch, args.tracking_uri, args.outputs, args.set)
-    client, experiment_id = open_store(cfg.logger)
+    store = open_store(cfg.logger)
+    client = store.client
     params = {"shape": shape.name, "in_dim": str(shape.in_dim), "width": str(shape.width), "rank": str(shape.rank),
               "batch_size": str(shape.batch), "n_inputs": str(shape.inputs), "repeats": str(args.repeats),
               "torch_threads": str(torch.get_num_threads()), "overrides": " ".join(args.set),
@@ -133,7 +134,7 @@ def bench_one(shape: Shape, args: argparse.Namespace) -> tuple[str, dict[str, fl
             "inputs": "random", "variant": variant(cfg), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "stderr_tty": str(sys.stderr.isatty())}  # a progress bar costs more drawing to a terminal than a file
     name = f"{shape.name} {variant(cfg)} b={shape.batch}"
-    run_id = start_run(client, experiment_id, f"bench {name}", tags, params)
+    run_id = store.start_run(f"bench {name}", tags, params)
     with Run(client, run_id, Path(cfg.paths.outputs) / "bench", resumed=False).closing():
         metrics = measure(shape, args, run_id, cfg)
         metrics["bench/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -1,7 +1,7 @@
 """The contenders, each timed over whole epochs after one warm-up epoch, from the same seeded weights on the same data:
 
   (a) plain: a PyTorch loop that slices in-memory tensors (randperm per epoch, forward, mimic loss, backward, Adam);
-  (b) lightning: System + InMemoryLoader + run.make_trainer from the composed config (MLflow logger, progress bar),
+  (b) lightning: System + InMemoryLoader + trainer.make_trainer from the composed config (MLflow logger, progress bar),
       training only;
   (c) full: (b) plus what `train` adds each epoch: a validation pass, ModelCheckpoint (best + last) and RunState,
       the epoch's metrics logged to MLflow; timed to the end of the fit's last epoch, its logging included.
@@ -143,7 +143,7 @@ def lightning_sps(cfg: DictConfig, data: Batch, run_id: str, epochs: int, val: B
         if profile is not None:
             cfg.trainer.profiler = {"_target_": "lightning.pytorch.profilers.SimpleProfiler", "dirpath": str(profile),
                                     "filename": "profile"}
-    trainer = make_trainer(cfg, run_id, callbacks, run_dir or Path(cfg.paths.outputs) / "bench")
+    trainer = make_trainer(cfg, run_id, system, callbacks, run_dir or Path(cfg.paths.outputs) / "bench")
     val_loader = InMemoryLoader(val, cfg.data.eval_batch_size, shuffle=False) if val is not None else None
     trainer.fit(system, train_dataloaders=loader, val_dataloaders=val_loader)
     return speed.sps

@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,12 +66,12 @@ class MNIST1DDataModule(ArrayDataModule):
 
     def __init__(self, name: str = "mnist1d", num_samples: int = 5000, train_split: float = 0.8, seed: int = 42,
                  val_size: int = 500, transfer: str = "generated", transfer_size: int = 200_000,
-                 transfer_seed: int = 1, dup_tol: float = 1e-3, batch_size: int = 256, eval_batch_size: int = 2048,
-                 shuffle_seed: int = 0, cache_dir: str = "outputs/cache/data") -> None:
+                 dup_tol: float = 1e-3, **kwargs: Any) -> None:
+        """The generator's arguments, and this data set's defaults of ArrayDataModule's settings (`kwargs`: the
+        others)."""
         # std_floor 0: MNIST-1D has no near-constant dimensions, and its standardisation stays as published here
         super().__init__(name, num_classes=10, val_size=val_size, transfer=transfer, transfer_size=transfer_size,
-                         transfer_seed=transfer_seed, dup_tol=dup_tol, std_floor=0.0, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, shuffle_seed=shuffle_seed, cache_dir=cache_dir)
+                         dup_tol=dup_tol, std_floor=0.0, **kwargs)
         checks.integer("num_samples", num_samples, minimum=10)
         checks.number("train_split", train_split, 0, 1, low_open=True)
         n_train = int(num_samples * train_split)
@@ -84,7 +85,8 @@ class MNIST1DDataModule(ArrayDataModule):
         spec = {"name": self.name, "generator": f"mnist1d=={version('mnist1d')}", "num_samples": self.num_samples,
                 "train_split": self.train_split, "seed": self.seed, "val_size": self.val_size,
                 "transfer_size": self.transfer_size, "transfer_seed": self.transfer_seed, "dup_tol": self.dup_tol}
-        return spec if self.transfer == "generated" else spec | {"transfer": self.transfer}  # old keys stay valid
+        # the default transfer set is left out of the key, so the caches keyed before `transfer` existed still match
+        return spec if self.transfer == "generated" else spec | {"transfer": self.transfer}
 
     def _cache_path(self, num_samples: int, seed: int) -> Path:
         key = spec_key({"generator": f"mnist1d=={version('mnist1d')}", "num_samples": num_samples, "seed": seed})

@@ -28,7 +28,7 @@ class ArrayDataModule(L.LightningDataModule):
 
     transfers: tuple[str, ...] = ("train", "pool", "augment")  # the transfer sets this data can make
     split_keys: tuple[str, ...] = ("sha256", "val_size", "split_seed")  # the keys of spec() that fix the splits
-    steps_per_batch = 1  # training batches per loader item (train.py sets loop.steps_per_batch; System steps each)
+    steps_per_batch = 1  # training batches per loader item (the pipeline sets loop.steps_per_batch; System steps each)
 
     def __init__(self, name: str, arrays: Arrays | None = None, num_classes: int | None = None,
                  val_size: int = 5000, split_seed: int = 0, transfer: str = "train", transfer_size: int = 0,
@@ -37,17 +37,16 @@ class ArrayDataModule(L.LightningDataModule):
                  eval_batch_size: int = 2048, shuffle_seed: int = 0, cache_dir: str = "outputs/cache/data") -> None:
         super().__init__()
         checks.integer("num_classes", num_classes, minimum=2, optional=True)
-        checks.integer("val_size", val_size)
-        checks.choice("transfer", transfer, list(transfers.TRANSFERS))
+        for key, value in (("val_size", val_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            checks.integer(key, value)
         for key, value in (("split_seed", split_seed), ("transfer_size", transfer_size),
                            ("transfer_seed", transfer_seed), ("augment_pad", augment_pad)):
             checks.integer(key, value, minimum=0)
+        checks.choice("transfer", transfer, list(transfers.TRANSFERS))
         checks.path("pool_dir", pool_dir)
         checks.flag("augment_flip", augment_flip)
         checks.number("dup_tol", dup_tol, 0, optional=True)  # null: no duplicate check
         checks.number("std_floor", std_floor, 0)
-        checks.integer("batch_size", batch_size)
-        checks.integer("eval_batch_size", eval_batch_size)
         self.name, self.arrays, self.num_classes = name, arrays, num_classes
         self.val_size, self.split_seed, self.std_floor = val_size, split_seed, std_floor
         self.transfer, self.transfer_size, self.transfer_seed = transfer, transfer_size, transfer_seed
@@ -56,8 +55,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.shuffle_seed, self.cache_dir = shuffle_seed, Path(cache_dir)
         self.in_shape: tuple[int, ...] = ()  # one sample's shape, e.g. (40,) or (3, 32, 32); known after setup()
         self.splits: dict[str, Batch] = {}
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
+        self.mean, self.std = torch.empty(0), torch.empty(0)  # the training split's, per dimension, from setup()
         self.digest = ""  # sha256 of the arrays read, so the caches keyed by spec() notice changed files
         self.unlabelled: np.ndarray | None = None  # the data's own x_unlabelled, if any
         self.train_raw: tuple[np.ndarray, np.ndarray] | None = None  # kept only to augment from
@@ -89,9 +87,7 @@ class ArrayDataModule(L.LightningDataModule):
         if not self.val_size < len(y):
             raise UserError(f"data.val_size={self.val_size}: must be below the {len(y)} training samples of "
                             f"{self.name}")
-        order = np.random.default_rng(self.split_seed).permutation(len(y))
-        val, fit = np.sort(order[: self.val_size]), np.sort(order[self.val_size :])  # sorted: the files' order
-        return {"train": (x[fit], y[fit]), "val": (x[val], y[val])} | splits
+        return carve_validation(x, y, self.val_size, self.split_seed) | splits
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits (idempotent) and standardise each input dimension with the training split's statistics.
@@ -107,15 +103,7 @@ class ArrayDataModule(L.LightningDataModule):
         std = x_fit.std(0)
         self.mean, self.std = x_fit.mean(0), std.clamp_min(max(1e-6, self.std_floor * std.mean().item()))
         self.splits = {k: {"x": self.standardise(x), "y": torch.from_numpy(y)} for k, (x, y) in raw.items()}
-        n_classes = 1 + max(int(s["y"].max()) for s in self.splits.values() if len(s["y"]))
-        if self.num_classes is None:
-            self.num_classes = n_classes
-        elif n_classes > self.num_classes:
-            split, row = next((k, int(torch.argmax((s["y"] >= self.num_classes).int())))
-                              for k, s in self.splits.items() if len(s["y"]) and s["y"].max() >= self.num_classes)
-            raise UserError(f"data.num_classes={self.num_classes}: {self.origin} has label "
-                            f"{int(self.splits[split]['y'][row])} in the {split} split (row {row}); labels must be "
-                            f"0 to {self.num_classes - 1}")
+        self.num_classes = check_classes(self.splits, self.num_classes, self.origin)
         if self.transfer == "augment":
             self.train_raw = raw["train"]
         transfers.check(self)
@@ -142,12 +130,10 @@ class ArrayDataModule(L.LightningDataModule):
         return spec_key({k: spec[k] for k in self.split_keys})
 
     def generate_transfer(self) -> np.ndarray:
-        """Raw generated transfer inputs; only datasets with a generator have them."""
-        raise NotImplementedError
+        raise NotImplementedError("raw generated transfer inputs: only data sets with a generator have them")
 
     def transfer_inputs(self) -> Tensor | Standardised:
-        """The transfer inputs beyond the training split (standardised; a memory-mapped pool as it is read), built
-        once."""
+        """The transfer inputs beyond the training split, built once (standardised; a mapped pool as it is read)."""
         if self._transfer is None:
             self.setup()
             self._transfer, self.n_duplicates_dropped = transfers.build(self)
@@ -162,18 +148,10 @@ class ArrayDataModule(L.LightningDataModule):
         """Give each split the teacher's logits `z` (tensors, or arrays such as the cache's memory maps); the mimic
         then trains on train + transfer inputs, with `y` the true label of training rows and -1 on transfer rows
         without one."""
-        z = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in logits.items()}
         for split in ("train", "val", "test"):
-            self.splits[split]["z"] = z[split]
+            self.splits[split]["z"] = tensor(logits[split])
         self.transfer_inputs()
-        train, extra = self.splits["train"], self._transfer
-        if isinstance(extra["x"], Tensor):
-            join = torch.cat
-        else:  # a memory-mapped transfer set (and its logits) is served by index beside the training rows, never
-            join = Concat  # concatenated with them; mapped logits read by pread, as the inputs (mapped.Rows)
-            z["transfer"] = Rows(logits["transfer"]) if isinstance(logits["transfer"], np.memmap) else z["transfer"]
-        self.splits["mimic"] = {"x": join([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
-                                "z": join([z["train"], z["transfer"]])}
+        self.splits["mimic"] = mimic_split(self.splits["train"], self._transfer, logits["transfer"])
 
     @property
     def n_train_rows(self) -> int:
@@ -190,3 +168,40 @@ class ArrayDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> InMemoryLoader:
         return InMemoryLoader(self.splits["test"], self.eval_batch_size, shuffle=False)
+
+
+def carve_validation(x: np.ndarray, y: np.ndarray, val_size: int, seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Train and validation splits: `val_size` rows of (x, y) drawn with `seed`, each split in the files' order."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    val, fit = np.sort(order[:val_size]), np.sort(order[val_size:])
+    return {"train": (x[fit], y[fit]), "val": (x[val], y[val])}
+
+
+def check_classes(splits: dict[str, Batch], num_classes: int | None, origin: str) -> int:
+    """The number of classes: `num_classes`, or counted from the labels when null; a label beyond it is refused with
+    its split and row."""
+    found = 1 + max(int(s["y"].max()) for s in splits.values() if len(s["y"]))
+    if num_classes is None or found <= num_classes:
+        return found if num_classes is None else num_classes
+    split, row = next((k, int(torch.argmax((s["y"] >= num_classes).int())))
+                      for k, s in splits.items() if len(s["y"]) and s["y"].max() >= num_classes)
+    raise UserError(f"data.num_classes={num_classes}: {origin} has label {int(splits[split]['y'][row])} in the "
+                    f"{split} split (row {row}); labels must be 0 to {num_classes - 1}")
+
+
+def tensor(a: Tensor | np.ndarray) -> Tensor:
+    """A tensor over an array's memory (a memory map stays mapped), or the tensor itself."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def mimic_split(train: Batch, extra: dict[str, Tensor | Standardised], z_extra: Tensor | np.ndarray) -> Batch:
+    """What a mimic trains on: the training rows (with their logits `z`) followed by the transfer rows and theirs;
+    `y` is the true label of training rows and -1 on transfer rows without one."""
+    z = tensor(z_extra)
+    if isinstance(extra["x"], Tensor):
+        join = torch.cat
+    else:  # a memory-mapped transfer set (and its logits) is served by index beside the training rows, never
+        join = Concat  # concatenated with them; mapped logits read by pread, as the inputs (mapped.Rows)
+        z = Rows(z_extra) if isinstance(z_extra, np.memmap) else z
+    return {"x": join([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
+            "z": join([train["z"], z])}

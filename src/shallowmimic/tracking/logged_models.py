@@ -16,7 +16,7 @@ from mlflow.models import infer_signature
 from torch import Tensor, nn
 
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.tracking.keys import MODEL_ID
+from shallowmimic.tracking.keys import MODEL_ID, ROLE, VARIANT
 from shallowmimic.tracking.run import Run
 from shallowmimic.tracking.store import using_store
 
@@ -48,10 +48,10 @@ def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, 
     experiment_id = client.get_run(run_id).info.experiment_id
     # named by role and variant (e.g. mimic-w1024-k32, kd-w32-T4_0), so the Models tab tells them apart; MLflow
     # refuses '.', '/', ':', '%' and quotes in a logged model's name
-    words = [tags.get("role", "net"), *tags.get("variant", "").split()]
+    words = [tags.get(ROLE, "net"), *tags.get(VARIANT, "").split()]
     name = re.sub(r"[^A-Za-z0-9_-]+", "", "-".join(words).replace(".", "_"))
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags,
-                                       model_type=tags.get("role"))
+                                       model_type=tags.get(ROLE))
     with using_store(client):
         # pt2 (torch.export): loads without our classes and without unpickling code. Requirements given: MLflow would
         # infer them in a subprocess (seconds), and warn about torch's local label (+cpu), which pip cannot install

@@ -19,17 +19,17 @@ class StepOnceMLFlowLogger(MLFlowLogger):
     """MLFlowLogger that drops the points already `logged` (same metric, same step): a resumed run re-runs the
     stretch between its last checkpoint and the crash without logging any step twice.
 
-    Once `steps` is set (run.make_trainer: the trainer's global_step), every point is logged at that optimizer
-    step, as Lightning users read MLflow's step axis: Lightning's own step counts loader items, and an item here is
-    several optimizer steps (loop.steps_per_batch)."""
+    Every point is logged at `optimizer_step()` (the LightningModule's global_step), as Lightning users read
+    MLflow's step axis: the step Lightning passes counts loader items, and an item here is several optimizer steps
+    (loop.steps_per_batch)."""
 
-    def __init__(self, *args: Any, logged: dict[str, set[int]], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, logged: dict[str, set[int]], optimizer_step: Callable[[], int],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logged = logged
-        self.steps: Callable[[], int] | None = None
+        self.logged, self.optimizer_step = logged, optimizer_step
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        step = self.steps() if self.steps is not None else step
+        step = self.optimizer_step()
         fresh = {k: v for k, v in metrics.items() if step is None or step not in self.logged.get(k, ())}
         if fresh:
             super().log_metrics(fresh, step)

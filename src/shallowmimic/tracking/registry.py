@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from shallowmimic.errors import BadValue, UserError
-from shallowmimic.tracking.keys import MODEL_ID, ROLE, SELECT_ON, TEACHER_RUN_ID
+from shallowmimic.tracking.keys import MODEL_ID, PARENT, ROLE, SELECT_ON, TEACHER_RUN_ID, VARIANT
 from shallowmimic.tracking.search import best_by_val, original, sweep_runs, teacher_ids
 from shallowmimic.tracking.store import default_uri, using_store
 
@@ -35,7 +35,7 @@ def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersio
     if model_id is None:
         raise UserError(f"run {run.info.run_id} has no logged model (tag {MODEL_ID}); retrain it to register it")
     try:
-        client.create_registered_model(name, tags={"role": run.data.tags.get("role", "")})
+        client.create_registered_model(name, tags={ROLE: run.data.tags.get(ROLE, "")})
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -43,7 +43,7 @@ def register_run(client: MlflowClient, run: MlflowRun, name: str) -> ModelVersio
         champion = client.get_model_version(name, current) if current is not None else None
         if champion is not None and champion.run_id == run.info.run_id:
             return champion  # already the champion: no second version of it
-    tags = {"variant": run.data.tags.get("variant", ""), SELECT_ON: str(run.data.metrics.get(SELECT_ON))}
+    tags = {VARIANT: run.data.tags.get(VARIANT, ""), SELECT_ON: str(run.data.metrics.get(SELECT_ON))}
     with using_store(client):
         version = client.create_model_version(name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
                                               tags=tags)
@@ -62,8 +62,8 @@ def best_by_role(runs: list[MlflowRun]) -> dict[str, MlflowRun]:
 def register_sweep(client: MlflowClient, experiment: str, parent: str | None = None) -> dict[str, ModelVersion]:
     """Register the sweep's best net of each role, and the teacher of its best student (not an ensemble's)."""
     runs, parent = sweep_runs(client, experiment, parent)
-    teachers = {r.info.run_id: r for r in runs if r.data.tags.get("role") == "teacher"}
-    best = best_by_role([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent])
+    teachers = {r.info.run_id: r for r in runs if r.data.tags.get(ROLE) == "teacher"}
+    best = best_by_role([r for r in runs if r.data.tags.get(PARENT) == parent])
     students = [best[role] for role in ("mimic", "kd") if role in best]
     if "teacher" not in best and students:
         ids = teacher_ids(best_by_val(students).data.tags.get(TEACHER_RUN_ID))

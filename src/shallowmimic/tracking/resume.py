@@ -13,6 +13,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from shallowmimic.errors import UserError
+from shallowmimic.tracking.keys import TEACHER_RUN_ID
 from shallowmimic.tracking.search import teacher_ids
 
 KEY = "shallowmimic"  # our entry in every Lightning checkpoint
@@ -84,7 +85,7 @@ class Resume:
 
     def teachers(self, requested: list[str]) -> list[str]:
         """A resumed student keeps the teachers it learnt from, even if newer ones exist now."""
-        recorded = teacher_ids(self.run.data.tags.get("teacher_run_id"))
+        recorded = teacher_ids(self.run.data.tags.get(TEACHER_RUN_ID))
         if recorded and requested and set(requested) != set(recorded):
             raise UserError(f"teacher.run_id={','.join(requested)}: run {self.run_id} learnt from "
                             f"{','.join(recorded)}; resume it with its own teachers")

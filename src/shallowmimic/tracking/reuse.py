@@ -19,10 +19,11 @@ from shallowmimic import __version__, project_root
 from shallowmimic.cache import sha256, spec_key
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.tracking.descriptions import git_commit
-from shallowmimic.tracking.keys import REUSED_FROM
+from shallowmimic.tracking.keys import PARENT, REUSE_KEY, REUSED_FROM, SELECT_ON, STAGE
+from shallowmimic.tracking.store import Store
 from shallowmimic.tracking.sweep import sweep_parent
 
-TAG, FROM = "reuse_key", REUSED_FROM
+TAG, FROM = REUSE_KEY, REUSED_FROM
 # what never changes a result (a student's teachers enter the key as the runs they resolved to)
 PLUMBING = ("paths", "logger", "study", "resume", "reuse", "register", "threads", "teacher")
 
@@ -49,13 +50,13 @@ def reuse_key(cfg: DictConfig, dm: ArrayDataModule, teacher_ids: list[str]) -> s
     return spec_key({"config": config, "code": code_version(), "data": dm.spec(), "teachers": sorted(teacher_ids)})
 
 
-def finished_run(cfg: DictConfig, client: MlflowClient, experiment_id: str, key: str) -> MlflowRun | None:
+def finished_run(cfg: DictConfig, store: Store, key: str) -> MlflowRun | None:
     """The FINISHED run with this key (the oldest, the one others were reused from), unless reuse is off or this
     process continues (resume=) or joins (a DDP rank) a run."""
     if not cfg.get("reuse", True) or cfg.resume or cfg.logger.get("run_id"):
         return None
-    runs = client.search_runs([experiment_id], f"tags.{TAG} = '{key}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time ASC"], max_results=1)
+    runs = store.search(f"tags.{TAG} = '{key}' and attributes.status = 'FINISHED'",
+                        order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
 
@@ -66,8 +67,8 @@ def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, f
     parent = sweep_parent()
     if parent is not None:
         tags = {k: v for k, v in done.data.tags.items() if not k.startswith(("mlflow.", "study."))}
-        tags |= {FROM: original, "mlflow.parentRunId": parent, "mlflow.runName": done.info.run_name}
-        tags |= {"study.stage": cfg.study.stage} if cfg.study.stage else {}
+        tags |= {FROM: original, PARENT: parent, "mlflow.runName": done.info.run_name}
+        tags |= {STAGE: cfg.study.stage} if cfg.study.stage else {}
         run_id = client.create_run(done.info.experiment_id, run_name=done.info.run_name).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in done.data.params.items()],
                          tags=[RunTag(k, v) for k, v in tags.items()],
@@ -75,4 +76,4 @@ def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, f
         client.set_terminated(run_id, "FINISHED")
     print(f"[{done.info.run_name}] reused run {original}: finished before with the same config, code and data "
           "(reuse=false retrains)")
-    return {k: v for k, v in done.data.metrics.items() if k.startswith("test/") or k == "val/best_acc"}
+    return {k: v for k, v in done.data.metrics.items() if k.startswith("test/") or k == SELECT_ON}

@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from shallowmimic import signals
 from shallowmimic.errors import redact
 from shallowmimic.tracking.descriptions import git_commit
+from shallowmimic.tracking.keys import PARENT
 from shallowmimic.tracking.resume import LAST, Resume
-from shallowmimic.tracking.store import start_run
+from shallowmimic.tracking.store import Store
 from shallowmimic.tracking.sweep import sweep_parent
 
 
@@ -60,26 +61,26 @@ class Run:
         self.writer = rank_zero_only.rank == 0
 
     @classmethod
-    def begin(cls, cfg: DictConfig, client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+    def begin(cls, cfg: DictConfig, store: Store, name: str, tags: dict[str, str],
               params: dict[str, str], resume: Resume | None) -> Run:
         """Create the run (rank 0), reopen the interrupted one (resume=), or join rank 0's (DDP ranks > 0)."""
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
         if rank_zero_only.rank > 0:
             run_id = cfg.logger.run_id  # rank 0's, from the command line it relaunched this process with
         elif resume is not None:
-            resume.reopen(client, params)  # its params and tags are already in the store
+            resume.reopen(store.client, params)  # its params and tags are already in the store
             run_id = resume.run_id
         else:
             tags = tags | {"git_commit": git_commit(), "tracking_uri": redact(str(cfg.logger.tracking_uri)),
                            "hydra.overrides": redact(" ".join(hydra_cfg.overrides.task)) if hydra_cfg else ""}
             parent = sweep_parent()
-            run_id = start_run(client, experiment_id, name, tags | ({"mlflow.parentRunId": parent} if parent else {}),
+            run_id = store.start_run(name, tags | ({PARENT: parent} if parent else {}),
                                params)
         if resume is not None:
             run_dir = resume.checkpoint.parent.parent  # the interrupted run's dir: its checkpoints continue there
         else:
             run_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path(cfg.paths.outputs) / "runs" / run_id
-        return cls(client, run_id, run_dir, resumed=resume is not None)
+        return cls(store.client, run_id, run_dir, resumed=resume is not None)
 
     def tags(self, tags: dict[str, object]) -> None:
         if self.writer:

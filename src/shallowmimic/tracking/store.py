@@ -7,10 +7,12 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Param, Run
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from omegaconf import DictConfig
 
@@ -106,30 +108,44 @@ def using_store(client: MlflowClient) -> AbstractContextManager[None]:
     return _use_tracking_uri(client._tracking_client.tracking_uri)
 
 
-def open_store(logger_cfg: DictConfig) -> tuple[MlflowClient, str]:
-    """Client for the configured store and the id of the experiment (created once, with artifacts in outputs/)."""
+@dataclass(frozen=True)
+class Store:
+    """A tracking store's client and the experiment a job logs to (one per data set): what travels together."""
+
+    client: MlflowClient
+    experiment_id: str
+
+    def start_run(self, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        """Create a run of the experiment with its tags and params; return its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        return run.info.run_id
+
+    def search(self, query: str, **kwargs: Any) -> list[Run]:
+        """One page of the experiment's runs matching `query` (MlflowClient.search_runs' keywords)."""
+        return self.client.search_runs([self.experiment_id], query, **kwargs)
+
+
+def open_store(logger_cfg: DictConfig) -> Store:
+    """The configured store and its experiment (created once, with artifacts in outputs/)."""
     uri = str(logger_cfg.tracking_uri)
     client = connect(uri, redact(uri))
-    name = str(logger_cfg.experiment_name)
+    return Store(client, experiment(client, str(logger_cfg.experiment_name), uri, logger_cfg.artifact_root))
+
+
+def experiment(client: MlflowClient, name: str, uri: str, artifact_root: str) -> str:
+    """The id of experiment `name`, created if missing, tagged to open in the UI's model-training view."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if KIND not in exp.tags:  # an experiment without it opens in the GenAI view
             client.set_experiment_tag(exp.experiment_id, KIND, EXPERIMENT_TAGS[KIND])
-        return client, exp.experiment_id
+        return exp.experiment_id
     # A local store keeps artifacts beside it; a tracking server chooses (and serves) its own location.
-    location = None if uri.startswith(("http://", "https://")) else Path(logger_cfg.artifact_root).resolve().as_uri()
+    location = None if uri.startswith(("http://", "https://")) else Path(artifact_root).resolve().as_uri()
     try:
-        return client, client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # another job created it between our look-up and our create
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
-        return client, exp.experiment_id
-
-
-def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
-              params: dict[str, str]) -> str:
-    """Create a run with its tags and params; return its id."""
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return run.info.run_id
+        return exp.experiment_id

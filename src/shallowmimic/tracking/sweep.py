@@ -43,17 +43,19 @@ class SweepParentRun(Callback):
         # imported here: Hydra builds this callback for every job, single runs and `--help` included, and MLflow
         # takes seconds to import
         from shallowmimic.tracking.descriptions import MLFLOW_RUN_NOTE, git_commit, source_tags, sweep_description
-        from shallowmimic.tracking.store import open_store, start_run
+        from shallowmimic.tracking.keys import PARENT, ROLE, STAGE
+        from shallowmimic.tracking.store import open_store
 
-        self.client, experiment_id = open_store(config.logger)
+        store = open_store(config.logger)
+        self.client = store.client
         overrides = redact(" ".join(config.hydra.overrides.task))
-        tags = {"role": "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}
+        tags = {ROLE: "sweep", "hydra.overrides": overrides, "git_commit": git_commit()}
         study = config.get("study") or {}  # a stage of `make paper`: nest under the study's run
         tags |= source_tags() | {MLFLOW_RUN_NOTE: sweep_description(overrides, study.get("stage"))}
         if study.get("run_id"):
-            tags |= {"mlflow.parentRunId": study.run_id, "study.stage": str(study.stage)}
+            tags |= {PARENT: study.run_id, STAGE: str(study.stage)}
         name = f"{study.stage} {overrides}" if study.get("stage") else f"sweep {overrides}"
-        self.run_id = start_run(self.client, experiment_id, name[:250], tags, {})
+        self.run_id = store.start_run(name[:250], tags, {})
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.run_id)

@@ -23,13 +23,14 @@ from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
 from shallowmimic.tracking.datasets import log_datasets
 from shallowmimic.tracking.descriptions import run_tags, variant
+from shallowmimic.tracking.keys import ROLE, SELECT_ON, STAGE, TEACHER_RUN_ID, VARIANT
 from shallowmimic.tracking.logged_models import record_model
 from shallowmimic.tracking.registry import maybe_register, teacher_ids_from_model
 from shallowmimic.tracking.resume import Resume, RunState
 from shallowmimic.tracking.reuse import TAG, finished_run, reuse, reuse_key
 from shallowmimic.tracking.run import Run, flat_params
 from shallowmimic.tracking.search import teacher_ids as ids_of
-from shallowmimic.tracking.store import open_store
+from shallowmimic.tracking.store import Store, open_store
 from shallowmimic.tracking.sweep import sweep_parent
 from shallowmimic.tracking.system_metrics import system_metrics
 from shallowmimic.training.system import System
@@ -49,7 +50,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, test its best-on-validation checkpoint once, log everything; return test metrics."""
     started = time.perf_counter()
     settings.check(cfg)
-    client, experiment_id = open_store(cfg.logger)  # a store that cannot be used fails now, before any work
+    store = open_store(cfg.logger)  # a store that cannot be used fails now, before any work
+    client = store.client
     objective, schedule = build_objective(cfg.objective), build_schedule(cfg.get("scheduler"))
     callbacks = [build_callback(name, node) for name, node in cfg.callbacks.items()]
     if cfg.threads:
@@ -61,18 +63,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
-    teachers = pick_teachers(cfg, objective, client, experiment_id, resume, dm)  # none for label training
+    teachers = pick_teachers(cfg, objective, store, resume, dm)  # none for label training
 
     key = reuse_key(cfg, dm, [t.info.run_id for t in teachers])
-    if (done := finished_run(cfg, client, experiment_id, key)) is not None:
+    if (done := finished_run(cfg, store, key)) is not None:
         return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
     shape = variant(cfg, len(teachers))
-    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {"role": cfg.role, "variant": shape, TAG: key}
+    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {ROLE: cfg.role, VARIANT: shape, TAG: key}
     # lineage, then what the UI shows: Source, User, the description
-    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, experiment_id, sweep_parent())
+    tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, store.experiment_id, sweep_parent())
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
     params |= {"seed": str(cfg.seed), "n_params": str(n_params(net))} | data_params(dm)
-    run = Run.begin(cfg, client, experiment_id, name, tags, params, resume)
+    run = Run.begin(cfg, store, name, tags, params, resume)
     with run.closing():
         run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
         if teachers:
@@ -82,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
-        trainer = run_trainer(run, cfg, [checkpoint, last, RunState(run.run_id), *callbacks,
+        trainer = run_trainer(run, cfg, system, [checkpoint, last, RunState(run.run_id), *callbacks,
                                     *system_metrics(cfg.logger, run)])
         relaunch_here(run, [t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
@@ -101,19 +103,19 @@ def summary(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
-def pick_teachers(cfg: DictConfig, objective: Objective, client: MlflowClient, experiment_id: str,
+def pick_teachers(cfg: DictConfig, objective: Objective, store: Store,
                   resume: Resume | None, dm: ArrayDataModule) -> list[MlflowRun]:
     """The teacher runs a student learns from: those named, or the newest; a resumed student keeps its own. A
     student without a teacher, or with one that does not fit its data, fails here, before any MLflow run exists."""
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(client, cfg.teacher)  # teacher.model: its run
+    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(store.client, cfg.teacher)  # teacher.model: its run
     if resume is not None:
         ids = resume.teachers(ids)
-    teachers = find_teachers(client, experiment_id, ids, cfg.teacher.ensemble)
+    teachers = find_teachers(store, ids, cfg.teacher.ensemble)
     for teacher in teachers:
-        check_teacher(client, teacher, dm)
+        check_teacher(store.client, teacher, dm)
     return teachers
 
 
@@ -134,8 +136,8 @@ def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], d
 
 def lineage(cfg: DictConfig, teachers: list[MlflowRun]) -> dict[str, str]:
     """Where a run comes from: a student's teacher runs (two or more: an ensemble), a study's stage."""
-    tags = {"teacher_run_id": ",".join(t.info.run_id for t in teachers)} if teachers else {}
-    return tags | ({"study.stage": cfg.study.stage} if cfg.study.stage else {})
+    tags = {TEACHER_RUN_ID: ",".join(t.info.run_id for t in teachers)} if teachers else {}
+    return tags | ({STAGE: cfg.study.stage} if cfg.study.stage else {})
 
 
 def build_objective(node: DictConfig) -> Objective:
@@ -179,6 +181,6 @@ def record_best(run: Run, checkpoint: ModelCheckpoint, system: System, trainer: 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     # validation accuracy of the chosen checkpoint: what sweepers may optimise (never the test split)
     best_acc = system.val_acc_by_epoch[best["epoch"]]
-    run.metrics({"val/best_acc": best_acc, "val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
+    run.metrics({SELECT_ON: best_acc, "val/best_epoch": best["epoch"], "train/epochs": trainer.current_epoch,
                  "time/fit_s": fit_s, "time/total_s": time.perf_counter() - started})
-    return {"val/best_acc": best_acc}
+    return {SELECT_ON: best_acc}

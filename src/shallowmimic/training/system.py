@@ -1,4 +1,5 @@
-"""The LightningModule: one step shared by train/val/test, for label training, logit mimicry and distillation."""
+"""The LightningModule for label training, logit mimicry and distillation: `training_step` takes one optimizer step per
+batch of a loader item, `validation_step` and `test_step` share one evaluation."""
 
 from __future__ import annotations
 
@@ -48,18 +49,19 @@ class System(L.LightningModule):
         """(B, D) inputs -> (B, C) logits."""
         return self.net(x)
 
-    def _step(self, batch: Batch, stage: str) -> Tensor:
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        """Update the stage's metrics (val or test) on one batch; with the teacher's logits `z`, also agreement and
+        logit MSE."""
         logits = self.net(batch["x"]).float()  # loss and metrics in fp32 whatever the trainer's precision
         loss = self.loss_fn(logits, batch)
         m = self.metrics[f"{stage}_metrics"]
         m["loss"].update(loss.detach(), len(logits))
         if "y" in batch:
             m["acc"].update(logits, batch["y"])
-        if "z" in batch and stage != "train":
+        if "z" in batch:
             z = batch["z"].float()
             m["agreement"].update(logits.argmax(1), z.argmax(1))
             m["logit_mse"].update(logits, z)
-        return loss
 
     def _log_epoch(self, stage: str) -> None:
         """Log the stage's metrics once per epoch; Lightning computes, records and resets them.
@@ -133,10 +135,10 @@ class System(L.LightningModule):
                 config.scheduler.step(value)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = self.make_optimizer(self.net.parameters())

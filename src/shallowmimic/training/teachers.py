@@ -22,7 +22,9 @@ from shallowmimic.cache import Allocate, cached_maps, digest_arrays, folder_dige
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.data.mapped import Standardised
 from shallowmimic.errors import BadValue, UserError
+from shallowmimic.tracking.keys import ROLE
 from shallowmimic.tracking.search import original, teacher_ids
+from shallowmimic.tracking.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def find_teacher(client: MlflowClient, run_id: str) -> Run:
     except MlflowException:
         raise UserError(f"teacher.run_id={run_id}: no such run in the tracking store; "
                         "give the id of a finished teacher run (see `make ui`)") from None
-    if run.data.tags.get("role") != "teacher" or run.info.status != "FINISHED":
+    if run.data.tags.get(ROLE) != "teacher" or run.info.status != "FINISHED":
         raise UserError(f"teacher.run_id={run_id}: run is a {run.data.tags.get('role')} run in state "
                         f"{run.info.status}; it must be a FINISHED teacher run")
     return original(client, run)
@@ -54,7 +56,7 @@ def check_keys(run_ids: str | Sequence[str] | None, ensemble: int) -> None:
         raise BadValue("teacher.ensemble", ensemble, "1 when teacher.run_id names the teachers (list them all)")
 
 
-def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Sequence[str] | None,
+def find_teachers(store: Store, run_ids: str | Sequence[str] | None,
                   newest: int = 1) -> list[Run]:
     """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the `newest` FINISHED
     teacher runs of the experiment (teacher.ensemble); two or more make an ensemble."""
@@ -62,11 +64,11 @@ def find_teachers(client: MlflowClient, experiment_id: str, run_ids: str | Seque
     if len(set(ids)) < len(ids):
         raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
     if ids:
-        return [find_teacher(client, run_id) for run_id in ids]
-    found = client.search_runs([experiment_id], "tags.role = 'teacher' and attributes.status = 'FINISHED'",
-                               order_by=["attributes.start_time DESC"], max_results=max(50, 4 * newest))
+        return [find_teacher(store.client, run_id) for run_id in ids]
+    found = store.search("tags.role = 'teacher' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=max(50, 4 * newest))
     # a sweep that reused a teacher lists it again: count each trained teacher once
-    runs = list({r.info.run_id: r for r in (original(client, r) for r in found)}.values())[:newest]
+    runs = list({r.info.run_id: r for r in (original(store.client, r) for r in found)}.values())[:newest]
     if not runs:
         raise UserError("teacher.run_id=null: no finished teacher run for this dataset in the tracking store; "
                         "train one first (`make teacher`) or set teacher.run_id")

@@ -19,25 +19,25 @@ from shallowmimic.tracking.logger import StepOnceMLFlowLogger, logged_steps
 from shallowmimic.tracking.run import Run
 
 
-def run_trainer(run: Run, cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
+def run_trainer(run: Run, cfg: DictConfig, system: L.LightningModule, callbacks: list[Callback]) -> L.Trainer:
     """The configured Trainer, logging into `run` (a resumed one skips the steps it logged already)."""
     logged = logged_steps(run.client, run.run_id) if run.resumed else {}
-    trainer = make_trainer(cfg, run.run_id, callbacks, run.dir, logged)
+    trainer = make_trainer(cfg, run.run_id, system, callbacks, run.dir, logged)
     run.params({"trainer.world_size": trainer.world_size,
                  "data.global_batch_size": cfg.data.batch_size * trainer.world_size})
     return trainer
 
 
-def make_trainer(cfg: DictConfig, run_id: str | None, callbacks: list[Callback], run_dir: Path,
-                 logged: dict[str, set[int]] | None = None) -> L.Trainer:
-    """The configured Lightning Trainer, logging into MLflow run `run_id` (skipping the `logged` points)."""
-    logger = StepOnceMLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id, logged=logged or {})
+def make_trainer(cfg: DictConfig, run_id: str | None, system: L.LightningModule, callbacks: list[Callback],
+                 run_dir: Path, logged: dict[str, set[int]] | None = None) -> L.Trainer:
+    """The configured Lightning Trainer for `system`, logging into MLflow run `run_id` at its optimizer steps
+    (skipping the `logged` points)."""
+    logger = StepOnceMLFlowLogger(tracking_uri=str(cfg.logger.tracking_uri), run_id=run_id, logged=logged or {},
+                                  optimizer_step=lambda: system.global_step)
     # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
-    logger.steps = lambda: trainer.global_step
-    return trainer
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
 
 def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
