@@ -28,8 +28,8 @@ def test_bench_records_one_finished_run_per_shape(store_uri: str, outputs: Path,
     assert "(b)/(a)" in printed and "(c)/(a)" in printed and "load average" in printed
     assert "SimpleProfiler" in printed and "run_training_epoch" in printed
 
-    runs = {r.data.params["in_dim"]: r for r in runs_of(client)}
-    assert set(runs) == {"40", "12"}
+    runs = {r.data.params["in_dim"]: r for r in runs_of(client, "bench")}
+    assert set(runs) == {"40", "12"} and not runs_of(client)  # an experiment of its own, not the data set's
     for run in runs.values():
         assert run.info.status == "FINISHED" and run.data.tags["role"] == "bench"
         assert run.data.params["repeats"] == "2" and run.data.params["torch_threads"] == str(torch.get_num_threads())
@@ -58,7 +58,7 @@ def test_against_times_our_path_with_other_overrides_in_the_same_rounds(
     default = compose_train([]).loop.steps_per_batch
     assert default != 1 and steps == [default, 1, default] * 2  # per round (b), (b') with the override, (c)
     assert "(b)/(b') " in capsys.readouterr().out
-    (run,) = runs_of(client)
+    (run,) = runs_of(client, "bench")
     assert run.data.params["against"] == "loop.steps_per_batch=1"
     assert run.data.metrics["bench/against_sps"] > 0 and run.data.metrics["bench/ratio_lightning_against"] > 0
 

@@ -157,12 +157,25 @@ def test_a_teacher_without_its_checkpoint_is_refused_before_the_student_runs(mak
 def test_a_teacher_with_other_splits_is_refused(make_cfg, client) -> None:
     train(make_cfg(*TINY_TEACHER, "data.val_size=60"))
     (teacher,) = runs_of(client)
-    with pytest.raises(UserError, match=rf"^teacher.run_id={teacher.info.run_id}: teacher was trained with "
+    with pytest.raises(UserError, match=r"^teacher.run_id=null: none of the 1 finished teacher runs for this dataset "
+                                        rf"fits this run; the newest, {teacher.info.run_id}: teacher was trained with "
                                         r"data.split_sha256=\w+, this run has data.split_sha256=\w+ \(other train"):
         train(make_cfg("experiment=mimic", *TINY_SHALLOW))
+    with pytest.raises(UserError, match=rf"^teacher.run_id={teacher.info.run_id}: teacher was trained with "):
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id='{teacher.info.run_id}'"))  # named: refused
     assert len(runs_of(client)) == 1
     train(make_cfg("experiment=mimic", *TINY_SHALLOW, "data.val_size=60", "data.transfer_size=200"))  # same splits
     assert [r.data.tags["role"] for r in runs_of(client)] == ["mimic", "teacher"]
+
+
+def test_the_default_teacher_is_the_newest_that_fits_this_data(make_cfg, client) -> None:
+    # what `make run` meets after `make paper SIZE=smoke`: a newer teacher on another study's splits
+    train(make_cfg(*TINY_TEACHER))
+    train(make_cfg(*TINY_TEACHER, "data.val_size=60", "seed=1"))
+    fits, newer = sorted(runs_of(client), key=lambda r: r.info.start_time)
+    train(make_cfg("experiment=mimic", *TINY_SHALLOW))
+    (mimic,) = [r for r in runs_of(client) if r.data.tags["role"] == "mimic"]
+    assert mimic.info.status == "FINISHED" and mimic.data.tags["teacher_run_id"] == fits.info.run_id
 
 
 def test_passwords_are_masked_whatever_they_hold() -> None:

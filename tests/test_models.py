@@ -26,7 +26,7 @@ def mimic_run(make_cfg, client: MlflowClient):
     return by_role["teacher"], by_role["mimic"]
 
 
-def test_the_logged_model_loads_and_gives_the_checkpoints_logits(mimic_run, client: MlflowClient) -> None:
+def test_the_logged_model_loads_and_gives_the_checkpoints_logits(mimic_run, client: MlflowClient, make_cfg) -> None:
     teacher, run = mimic_run
     for r in (teacher, run):
         (output,) = client.get_run(r.info.run_id).outputs.model_outputs
@@ -38,9 +38,11 @@ def test_the_logged_model_loads_and_gives_the_checkpoints_logits(mimic_run, clie
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", tmp)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    x = torch.randn(7, 40)  # a batch size other than the input example's
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), _net_from(state)(x), atol=1e-6)
+    dm = build("data", make_cfg().data)
+    dm.setup()
+    x = 3 * torch.randn(7, 40)  # raw rows, a batch size other than the input example's
+    with torch.no_grad():  # the logged model standardises as training did, then runs the checkpoint's net
+        assert torch.allclose(loaded(x), _net_from(state)((x - dm.mean) / dm.std), atol=1e-5)
 
 
 def _net_from(state: dict) -> torch.nn.Module:

@@ -3,6 +3,7 @@ builder that turns them into one line naming the config key."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Sequence
@@ -85,4 +86,25 @@ def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, ValueError | RuntimeError | TypeError):  # e.g. CNN2D on sequences, a pool too big
             raise UserError(f"{group}={node._target_.rsplit('.', 1)[-1]}: {cause}") from None
+        if cause is None or isinstance(cause, ImportError | AttributeError):  # the _target_ itself is not there
+            target(group, node)
         raise
+
+
+def target(group: str, node: DictConfig) -> None:
+    """The node's `_target_` names an importable class or function; else one line naming the key."""
+    parts = str(node._target_).split(".")
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes of it
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+            break
+        except ImportError as err:
+            why = str(err)
+    else:
+        raise UserError(f"{group}._target_={node._target_}: cannot be imported ({why}); give the dotted path of a "
+                        "class or function of an installed module")
+    for name in parts[split:]:
+        if not hasattr(obj, name):
+            raise UserError(f"{group}._target_={node._target_}: {'.'.join(parts[:split])} has no {name}; give the "
+                            "dotted path of a class or function of an installed module")
+        obj = getattr(obj, name)

@@ -30,6 +30,7 @@ from shallowmimic.training.system import System
 from shallowmimic.training.trainer import checkpoints, make_trainer
 
 NUM_CLASSES = 10
+BENCH_EXPERIMENT = "bench"
 
 
 def random_data(n: int, in_dim: int = 40, seed: int = 0) -> Batch:
@@ -43,8 +44,9 @@ def bench_config(width: int, rank: int | None, batch_size: int, tracking_uri: st
                  outputs: str | None = None, extra: list[str] | None = None) -> DictConfig:
     """The real conf/train.yaml composed for a mimic of this shape (what `train experiment=mimic ...` runs), with
     `extra` Hydra overrides (e.g. loop.steps_per_batch=32)."""
+    # the bench's runs go to an experiment of their own, not among the data set's runs that users browse
     overrides = ["experiment=mimic", f"model.width={width}", f"model.rank={'null' if rank is None else rank}",
-                 f"data.batch_size={batch_size}", *(extra or [])]
+                 f"data.batch_size={batch_size}", f"logger.experiment_name={BENCH_EXPERIMENT}", *(extra or [])]
     overrides += [f"logger.tracking_uri={tracking_uri}"] if tracking_uri else []
     overrides += [f"paths.outputs={outputs}"] if outputs else []
     return compose_train(overrides)

@@ -16,6 +16,7 @@ from mlflow.models import infer_signature
 from torch import Tensor, nn
 
 from shallowmimic.data import ArrayDataModule
+from shallowmimic.nets import RawInputs
 from shallowmimic.tracking.keys import MODEL_ID, ROLE, VARIANT
 from shallowmimic.tracking.run import Run
 from shallowmimic.tracking.store import using_store
@@ -23,24 +24,33 @@ from shallowmimic.tracking.store import using_store
 EXAMPLE_ROWS = 2
 
 
-def best_net(net: nn.Module) -> nn.Module:
-    """A CPU copy of `net` in eval mode, for logging: `trainer.test` has loaded the best checkpoint's weights into
-    it, so the file is not read again."""
-    return copy.deepcopy(net).cpu().eval().requires_grad_(False)
+def deployable(net: nn.Module, dm: ArrayDataModule) -> RawInputs:
+    """A CPU copy of `net` in eval mode behind the data's standardisation, for logging: it takes raw inputs.
+    `trainer.test` has loaded the best checkpoint's weights into `net`, so the file is not read again."""
+    model = RawInputs(copy.deepcopy(net), dm.mean, dm.std)
+    return model.cpu().eval().requires_grad_(False)
+
+
+def raw_rows(dm: ArrayDataModule, split: str, rows: int | None = None) -> Tensor:
+    """A split's inputs in the units the data files hold (standardisation undone; whole numbers again where the
+    files hold integers, e.g. pixels), float32: what a user of the logged model sends it."""
+    x = dm.splits[split]["x"][:rows].detach().cpu().float() * dm.std.cpu() + dm.mean.cpu()
+    return x.round() if dm.raw_dtype.kind in "iub" else x
 
 
 def record_model(run: Run, net: nn.Module, dm: ArrayDataModule, tags: dict[str, str],
                  metrics: dict[str, float]) -> None:
-    """Rank 0 logs the net, holding the best-on-validation weights, as the run's model; its examples are validation
-    rows."""
+    """Rank 0 logs the net, holding the best-on-validation weights, behind the data's standardisation as the run's
+    model; its input example is raw validation rows."""
     if run.writer:
-        log_net(run.client, run.run_id, best_net(net), dm.splits["val"]["x"], tags, metrics)
+        log_net(run.client, run.run_id, deployable(net, dm), raw_rows(dm, "val", EXAMPLE_ROWS), tags, metrics)
 
 
 def log_net(client: MlflowClient, run_id: str, net: nn.Module, example: Tensor, tags: dict[str, str],
             metrics: dict[str, float]) -> None:
-    """Log `net` (CPU, eval mode) as the run's LoggedModel with a signature inferred on `example` rows; link the
-    run's final `metrics` to it and tag the run with its id."""
+    """Log `net` (CPU, eval mode) as the run's LoggedModel with a signature inferred on `example` rows (two or more:
+    torch.export keeps a batch dimension of one example row fixed); link the run's final `metrics` to it and tag the
+    run with its id."""
     x = example[:EXAMPLE_ROWS].detach().cpu().float()
     with torch.no_grad():
         logits = net(x)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from shallowmimic.errors import BadValue, UserError
 from shallowmimic.tracking.keys import MODEL_ID, PARENT, ROLE, SELECT_ON, TEACHER_RUN_ID, VARIANT
-from shallowmimic.tracking.search import best_by_val, original, sweep_runs, teacher_ids
+from shallowmimic.tracking.search import best_by_val, original, search, sweep_runs, teacher_ids
 from shallowmimic.tracking.store import default_uri, using_store
 
 ALIAS = "champion"
@@ -72,7 +72,24 @@ def register_sweep(client: MlflowClient, experiment: str, parent: str | None = N
     versions = {role: register_run(client, run, f"{experiment}-{role}") for role, run in best.items()}
     for version in versions.values():  # `make register` and a sweep with register=true both say what they did
         print(f"registered {version.name} version {version.version} as @{ALIAS} (run {version.run_id})")
+    if not versions:
+        print(f"registered nothing: {why_nothing(client, parent)}", file=sys.stderr)
     return versions
+
+
+def why_nothing(client: MlflowClient, parent: str) -> str:
+    """Which sweep was looked at, and why none of its jobs could be registered."""
+    sweep = client.get_run(parent)
+    jobs = search(client, [sweep.info.experiment_id], f"tags.{PARENT} = '{parent}'")
+    done = [r for r in jobs if r.info.status == "FINISHED"]
+    what = f"sweep {parent} ({sweep.info.run_name}, {sweep.info.status})"
+    if not jobs:
+        return f"{what} has no job runs (its jobs failed before training: see their logs in the sweep's dir); " \
+               "fix them and run the sweep again, or name another with --parent RUN_ID"
+    if not done:
+        return f"none of the {len(jobs)} jobs of {what} FINISHED; fix them and run the sweep again, or name " \
+               "another with --parent RUN_ID"
+    return f"no FINISHED job of {what} has a logged model and {SELECT_ON}; name another with --parent RUN_ID"
 
 
 def maybe_register(cfg: DictConfig, client: MlflowClient, run_id: str) -> None:

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import settings
-from shallowmimic.checks import build
+from shallowmimic.checks import build, target
 from shallowmimic.data import ArrayDataModule
-from shallowmimic.errors import BadValue, redact
+from shallowmimic.errors import BadValue, UserError, redact
 from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
 from shallowmimic.tracking.datasets import log_datasets
@@ -37,7 +36,6 @@ from shallowmimic.training.system import System
 from shallowmimic.training.teachers import (
     CONFIG,
     check_keys,
-    check_teacher,
     data_params,
     ensemble_logits,
     find_teachers,
@@ -53,14 +51,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     store = open_store(cfg.logger)  # a store that cannot be used fails now, before any work
     client = store.client
     objective, schedule = build_objective(cfg.objective), build_schedule(cfg.get("scheduler"))
+    optimizer = build_optimizer(cfg.optimizer)
+    target("trainer", cfg.trainer)  # the Trainer is built inside the run: a bad _target_ must fail before it
     callbacks = [build_callback(name, node) for name, node in cfg.callbacks.items()]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
-    dm = build("data", cfg.data)
-    dm.steps_per_batch = cfg.loop.steps_per_batch
-    dm.setup()
-    net = build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
+    dm, net = build_data_and_net(cfg)
 
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
     teachers = pick_teachers(cfg, objective, store, resume, dm)  # none for label training
@@ -82,10 +79,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
 
-        system = System(net, objective.loss, instantiate(cfg.optimizer), dm.num_classes, schedule, cfg.loop.compile)
+        system = System(net, objective.loss, optimizer, dm.num_classes, schedule, cfg.loop.compile)
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
         trainer = run_trainer(run, cfg, system, [checkpoint, last, RunState(run.run_id), *callbacks,
-                                    *system_metrics(cfg.logger, run)])
+                                                 *system_metrics(cfg.logger, run)])
         relaunch_here(run, [t.info.run_id for t in teachers])
         fit_s = fit(run, trainer, system, dm, resume)
         # the one look at test, with the best checkpoint (named: "best" would warn about our two checkpoint callbacks)
@@ -96,6 +93,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         maybe_register(cfg, client, run.run_id)
         print(f"[{name}] run {run.run_id}: {summary(metrics)} ({time.perf_counter() - started:.0f} s)")
     return metrics
+
+
+def build_data_and_net(cfg: DictConfig) -> tuple[ArrayDataModule, torch.nn.Module]:
+    """The data module, set up (split and standardised), and the net built for its input shape and classes."""
+    dm = build("data", cfg.data)
+    dm.steps_per_batch = cfg.loop.steps_per_batch
+    dm.setup()
+    return dm, build("model", cfg.model, in_shape=dm.in_shape, num_classes=dm.num_classes)
 
 
 def summary(metrics: dict[str, float]) -> str:
@@ -113,10 +118,7 @@ def pick_teachers(cfg: DictConfig, objective: Objective, store: Store,
     ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(store.client, cfg.teacher)  # teacher.model: its run
     if resume is not None:
         ids = resume.teachers(ids)
-    teachers = find_teachers(store, ids, cfg.teacher.ensemble)
-    for teacher in teachers:
-        check_teacher(store.client, teacher, dm)
-    return teachers
+    return find_teachers(store, ids, cfg.teacher.ensemble, dm)
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
@@ -159,6 +161,17 @@ def fit(run: Run, trainer: L.Trainer, system: System, dm: L.LightningDataModule,
     early = trainer.early_stopping_callback
     run.tags({"stop_reason": "early_stopping" if early is not None and early.stopped_epoch > 0 else "max_epochs"})
     return time.perf_counter() - started
+
+
+def build_optimizer(node: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer factory of conf/optimizer/ (`_partial_`), tried once on a throwaway parameter so that a bad key
+    fails now, before any run exists."""
+    make = build("optimizer", node)
+    try:
+        make([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as err:  # a key the optimizer does not take, or a value it refuses
+        raise UserError(f"optimizer={node._target_.rsplit('.', 1)[-1]}: {err}") from None
+    return make
 
 
 def build_schedule(node: DictConfig | None) -> Callable[..., dict] | None:

@@ -56,19 +56,36 @@ def check_keys(run_ids: str | Sequence[str] | None, ensemble: int) -> None:
         raise BadValue("teacher.ensemble", ensemble, "1 when teacher.run_id names the teachers (list them all)")
 
 
-def find_teachers(store: Store, run_ids: str | Sequence[str] | None,
-                  newest: int = 1) -> list[Run]:
-    """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), or else the `newest` FINISHED
-    teacher runs of the experiment (teacher.ensemble); two or more make an ensemble."""
+def find_teachers(store: Store, run_ids: str | Sequence[str] | None, newest: int, dm: ArrayDataModule) -> list[Run]:
+    """The teacher runs named by `run_ids` (one id, a list, or ids joined by commas), each checked against this data;
+    or else the `newest` FINISHED teacher runs of the experiment that fit this data (teacher.ensemble: two or more
+    make an ensemble). Newer teachers that do not fit (another study's splits, say) are passed over."""
     ids = teacher_ids(run_ids)
     if len(set(ids)) < len(ids):
         raise UserError(f"teacher.run_id={','.join(ids)}: a run appears twice; list each ensemble member once")
     if ids:
-        return [find_teacher(store.client, run_id) for run_id in ids]
+        named = [find_teacher(store.client, run_id) for run_id in ids]
+        for run in named:
+            check_teacher(store.client, run, dm)
+        return named
     found = store.search("tags.role = 'teacher' and attributes.status = 'FINISHED'",
                          order_by=["attributes.start_time DESC"], max_results=max(50, 4 * newest))
     # a sweep that reused a teacher lists it again: count each trained teacher once
-    runs = list({r.info.run_id: r for r in (original(store.client, r) for r in found)}.values())[:newest]
+    candidates = list({r.info.run_id: r for r in (original(store.client, r) for r in found)}.values())
+    runs, misfits = [], []
+    for run in candidates:
+        if len(runs) == newest:
+            break
+        why = misfit(store.client, run, dm)
+        if why is None:
+            runs.append(run)
+        else:
+            misfits.append((run, why))
+    if not runs and misfits:
+        newest_run, why = misfits[0]
+        raise UserError(f"teacher.run_id=null: none of the {len(misfits)} finished teacher runs for this dataset fits "
+                        f"this run; the newest, {newest_run.info.run_id}: {why}. Train one on this data "
+                        "(`make teacher` with the same data keys) or set teacher.run_id")
     if not runs:
         raise UserError("teacher.run_id=null: no finished teacher run for this dataset in the tracking store; "
                         "train one first (`make teacher`) or set teacher.run_id")
@@ -91,8 +108,14 @@ def data_params(dm: ArrayDataModule) -> dict[str, str]:
 
 
 def check_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> None:
-    """Refuse, before the student's run exists, a teacher trained on other data, on the same data with other
-    classes, input shape or splits (it may have trained on the student's validation or test points), or whose
+    """Refuse, before the student's run exists, a teacher that does not fit this data (`misfit`)."""
+    if (why := misfit(client, run, dm)) is not None:
+        raise UserError(f"teacher.run_id={run.info.run_id}: {why}")
+
+
+def misfit(client: MlflowClient, run: Run, dm: ArrayDataModule) -> str | None:
+    """Why a teacher run cannot teach on this data, or None: trained on other data, on the same data with other
+    classes, input shape or splits (it may have trained on the student's validation or test points), or its
     checkpoint and config are gone from the store."""
     ours = {"data.name": dm.name} | data_params(dm)
     for key, value in ours.items():
@@ -100,13 +123,12 @@ def check_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> None:
         if theirs is not None and theirs != value:
             why = " (other train/validation/test splits: it may have trained on this run's validation or test " \
                   "points)" if key == SPLIT else ""
-            raise UserError(f"teacher.run_id={run.info.run_id}: teacher was trained with {key}={theirs}, "
-                            f"this run has {key}={value}{why}")
+            return f"teacher was trained with {key}={theirs}, this run has {key}={value}{why}"
     for path in (CHECKPOINT, CONFIG):
         folder = path.rpartition("/")[0] or None
         if path not in {a.path for a in client.list_artifacts(run.info.run_id, folder)}:
-            raise UserError(f"teacher.run_id={run.info.run_id}: the teacher run has no artifact {path} (deleted?); "
-                            "train the teacher again or name another run")
+            return f"the teacher run has no artifact {path} (deleted?); train the teacher again or name another run"
+    return None
 
 
 def weights_digest(state: dict[str, Tensor]) -> str:
