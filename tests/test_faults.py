@@ -147,10 +147,15 @@ def test_a_teacher_without_its_checkpoint_is_refused_before_the_student_runs(mak
     train(make_cfg(*TINY_TEACHER))
     (teacher,) = runs_of(client)
     shutil.rmtree(Path(urlparse(teacher.info.artifact_uri).path) / "checkpoints")
+    why = ("the teacher run has no artifact checkpoints/best.ckpt (deleted?); train the teacher again or name "
+           "another run")
     with pytest.raises(UserError) as err:
         train(make_cfg("experiment=mimic", *TINY_SHALLOW))
-    assert str(err.value) == (f"teacher.run_id={teacher.info.run_id}: the teacher run has no artifact "
-                              "checkpoints/best.ckpt (deleted?); train the teacher again or name another run")
+    assert str(err.value) == ("teacher.run_id=null: none of the 1 finished teacher runs for this dataset fits this "
+                              f"run; the newest, {teacher.info.run_id}: {why}")
+    with pytest.raises(UserError) as err:
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id='{teacher.info.run_id}'"))
+    assert str(err.value) == f"teacher.run_id={teacher.info.run_id}: {why}"
     assert len(runs_of(client)) == 1
 
 

@@ -37,6 +37,7 @@ def check(cfg: DictConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise BadValue("seed", seed, "an integer from 0 to 2**32 - 1")
     checks.integer("threads", cfg.threads, optional=True)
+    checks.choice("teacher.inputs", cfg.teacher.get("inputs") or "raw", ["raw", "standardised"])
     checks.integer("loop.steps_per_batch", cfg.loop.steps_per_batch)
     checks.flag("loop.compile", cfg.loop.compile)
     for key in ("outputs", "cache"):

@@ -32,6 +32,7 @@ from shallowmimic.tracking.search import teacher_ids as ids_of
 from shallowmimic.tracking.store import Store, open_store
 from shallowmimic.tracking.sweep import sweep_parent
 from shallowmimic.tracking.system_metrics import system_metrics
+from shallowmimic.training import external
 from shallowmimic.training.system import System
 from shallowmimic.training.teachers import (
     CONFIG,
@@ -115,10 +116,22 @@ def pick_teachers(cfg: DictConfig, objective: Objective, store: Store,
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id) + teacher_ids_from_model(store.client, cfg.teacher)  # teacher.model: its run
+    ids = ids_of(cfg.teacher.run_id) + model_teachers(store, cfg.teacher, dm)
     if resume is not None:
         ids = resume.teachers(ids)
     return find_teachers(store, ids, cfg.teacher.ensemble, dm)
+
+
+def model_teachers(store: Store, teacher_cfg: DictConfig, dm: ArrayDataModule) -> list[str]:
+    """teacher.model's teacher run: the run of ours a model URI names (it teaches from its checkpoint), or an
+    external net's own teacher run (made once, external.teacher_run); none when teacher.model is not set."""
+    uri = teacher_cfg.get("model")
+    if uri is None or not external.is_external(store.client, str(uri)):
+        return teacher_ids_from_model(store.client, teacher_cfg)
+    if teacher_cfg.run_id is not None:
+        raise BadValue("teacher.model", uri, "null when teacher.run_id names the teacher (give one of the two)")
+    inputs = teacher_cfg.get("inputs") or "raw"  # an external net was trained on the data as its files hold it
+    return [external.teacher_run(store, str(uri), inputs, data_params(dm), dm).info.run_id]
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,

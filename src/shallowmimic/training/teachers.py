@@ -25,6 +25,7 @@ from shallowmimic.errors import BadValue, UserError
 from shallowmimic.tracking.keys import ROLE
 from shallowmimic.tracking.search import original, teacher_ids
 from shallowmimic.tracking.store import Store
+from shallowmimic.training.external import SOURCE, load_external
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,7 @@ def find_teachers(store: Store, run_ids: str | Sequence[str] | None, newest: int
     if not runs and misfits:
         newest_run, why = misfits[0]
         raise UserError(f"teacher.run_id=null: none of the {len(misfits)} finished teacher runs for this dataset fits "
-                        f"this run; the newest, {newest_run.info.run_id}: {why}. Train one on this data "
-                        "(`make teacher` with the same data keys) or set teacher.run_id")
+                        f"this run; the newest, {newest_run.info.run_id}: {why}")
     if not runs:
         raise UserError("teacher.run_id=null: no finished teacher run for this dataset in the tracking store; "
                         "train one first (`make teacher`) or set teacher.run_id")
@@ -124,6 +124,8 @@ def misfit(client: MlflowClient, run: Run, dm: ArrayDataModule) -> str | None:
             why = " (other train/validation/test splits: it may have trained on this run's validation or test " \
                   "points)" if key == SPLIT else ""
             return f"teacher was trained with {key}={theirs}, this run has {key}={value}{why}"
+    if SOURCE in run.data.tags:  # an external teacher: its net is at its source, not in checkpoint artifacts
+        return None
     for path in (CHECKPOINT, CONFIG):
         folder = path.rpartition("/")[0] or None
         if path not in {a.path for a in client.list_artifacts(run.info.run_id, folder)}:
@@ -138,7 +140,10 @@ def weights_digest(state: dict[str, Tensor]) -> str:
 
 
 def load_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
-    """The teacher's net in eval mode with its best weights, and the sha256 of those weights."""
+    """The teacher's net in eval mode with its best weights, and the sha256 of those weights (an external teacher's:
+    its net as its source holds it, fed our inputs as it saw them, and the sha256 of that source)."""
+    if SOURCE in run.data.tags:
+        return load_external(run, dm)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(client.download_artifacts(run.info.run_id, CHECKPOINT, tmp))
         cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, CONFIG, tmp))

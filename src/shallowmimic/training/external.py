@@ -1,0 +1,175 @@
+"""Your own deep net as the teacher: a torch.export file (.pt2), a TorchScript file (.pt, .ts) or any PyTorch-flavour
+MLflow model (`models:/...`, `runs:/...`) logged by any project. It is checked on this data once, then becomes a teacher
+run of its own (role teacher, its source and sha256 as tags, its accuracy on this data's splits), so students, reuse,
+the report and Figure 3 treat it as any teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import mlflow.artifacts
+import mlflow.pytorch
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from torch import Tensor, nn
+
+from shallowmimic.data import ArrayDataModule
+from shallowmimic.errors import UserError
+from shallowmimic.tracking.keys import NOTE, ROLE, SELECT_ON, TEST_ACC, VARIANT
+from shallowmimic.tracking.registry import teacher_run_id
+from shallowmimic.tracking.search import get_run
+from shallowmimic.tracking.store import Store
+
+SOURCE, SHA, INPUTS = "teacher.source", "teacher.sha256", "teacher.inputs"  # the tags of an external teacher's run
+FILES = (".pt2", ".pt", ".ts")
+PROBE_ROWS = 64
+
+
+class FromStandardised(nn.Module):
+    """An external net that was trained on raw inputs, fed our standardised ones: undoes the standardisation first."""
+
+    def __init__(self, net: nn.Module, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, *in_shape) standardised -> the net's (B, C) logits on the raw inputs."""
+        return self.net(x * self.std + self.mean)
+
+
+def is_external(client: MlflowClient, source: str) -> bool:
+    """Whether teacher.model names a net from elsewhere: a file, a runs:/ URI, or a models:/ URI whose model no
+    teacher run of ours logged (ours teach from their checkpoint, as teacher.run_id does)."""
+    if not source.startswith("models:/"):
+        return source.startswith("runs:/") or Path(source).suffix in FILES or Path(source).exists()
+    run = get_run(client, teacher_run_id(client, source) or "")
+    return run is None or run.data.tags.get(ROLE) != "teacher" or SOURCE in run.data.tags
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        h.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
+        h.update(file.read_bytes())
+    return h.hexdigest()
+
+
+def in_eval(net: nn.Module) -> nn.Module:
+    """The net in eval mode, frozen (a torch.export module has no train/eval switch: it was exported in one)."""
+    try:
+        net.eval()
+    except NotImplementedError:
+        pass
+    for parameter in net.parameters():  # one by one: a TorchScript module has no requires_grad_()
+        parameter.requires_grad_(False)
+    return net
+
+
+def load_script(path: str) -> nn.Module:
+    """A TorchScript file; torch's deprecation of TorchScript is for those who write it: users still hold such files."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+        return torch.jit.load(path, map_location="cpu")
+
+
+def load_source(source: str) -> tuple[nn.Module, str]:
+    """The net a file or MLflow model URI holds, and its sha256; one line naming teacher.model when it cannot be."""
+    key = f"teacher.model={source}"
+    try:
+        if source.startswith(("models:/", "runs:/")):
+            local = Path(mlflow.artifacts.download_artifacts(source))
+            return in_eval(mlflow.pytorch.load_model(source)), sha256_of(local)
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"{key}: no such file; give a .pt2 (torch.export), .pt or .ts (TorchScript) file or a "
+                            "model URI (models:/..., runs:/...)")
+        loader = {".pt2": lambda p: torch.export.load(p).module(), ".pt": load_script, ".ts": load_script}
+        if path.suffix not in loader:
+            raise UserError(f"{key}: {path.suffix or 'no suffix'} is not a model file we load; give .pt2, .pt or .ts")
+        return in_eval(loader[path.suffix](str(path))), sha256_of(path)
+    except ModuleNotFoundError as err:  # a pickled model whose class is not importable here
+        raise UserError(f"{key}: the model needs module {err.name!r}, which is not installed here; install it or "
+                        "log the model as pt2 (serialization_format='pt2'), which needs no classes") from None
+    except MlflowException as err:
+        raise UserError(f"{key}: not a PyTorch model in this store ({err.message.splitlines()[0][:160]})") from None
+    except (RuntimeError, OSError, ValueError) as err:
+        raise UserError(f"{key}: cannot be loaded as a PyTorch model ({str(err).splitlines()[0][:160]})") from None
+
+
+def as_seen(dm: ArrayDataModule, x: Tensor, inputs: str) -> Tensor:
+    """Our standardised inputs as the teacher sees them: raw (standardisation undone) or as they are."""
+    return x * dm.std + dm.mean if inputs == "raw" else x
+
+
+def probe(net: nn.Module, dm: ArrayDataModule, source: str, inputs: str) -> None:
+    """Refuse, in one line, a net that does not take this data or does not give logits for its classes."""
+    key, x = f"teacher.model={source}", as_seen(dm, dm.splits["val"]["x"][:PROBE_ROWS], inputs)
+    shape = "(N, " + ", ".join(map(str, dm.in_shape)) + ")"
+    with torch.no_grad():
+        try:
+            first, second = net(x), net(x)
+        except Exception as err:  # the net's own error: a shape it refuses, a dtype
+            raise UserError(f"{key}: the net refuses inputs of shape {shape} ({str(err).splitlines()[0][:160]})") \
+                from None
+    if not isinstance(first, Tensor) or tuple(first.shape) != (len(x), dm.num_classes):
+        got = tuple(first.shape) if isinstance(first, Tensor) else type(first).__name__
+        raise UserError(f"{key}: its output is {got} for inputs {shape}; it must be (N, {dm.num_classes}), one logit "
+                        f"per class of {dm.name}")
+    if not torch.isfinite(first).all():
+        raise UserError(f"{key}: its outputs are not finite (NaN or inf) on {dm.name}'s validation rows")
+    if ((first >= 0) & (first <= 1)).all() and torch.allclose(first.sum(1), torch.ones(len(x)), atol=1e-4):
+        raise UserError(f"{key}: its outputs look like probabilities (rows in [0, 1] summing to 1); give a net that "
+                        "returns logits or log-probabilities (drop its final softmax)")
+    if not torch.equal(first, second):
+        raise UserError(f"{key}: two forward passes over the same inputs differ after eval(): the net keeps "
+                        "randomness (dropout in training mode, sampling); its logits cannot be cached as targets")
+
+
+def accuracy(net: nn.Module, dm: ArrayDataModule, split: str, inputs: str, batch: int = 1024) -> float:
+    """The net's accuracy on one of this data's splits."""
+    x, y = dm.splits[split]["x"], dm.splits[split]["y"]
+    with torch.no_grad():
+        hits = sum(int((net(as_seen(dm, x[i : i + batch], inputs)).argmax(1) == y[i : i + batch]).sum())
+                   for i in range(0, len(y), batch))
+    return hits / len(y)
+
+
+def teacher_run(store: Store, source: str, inputs: str, data_params: dict[str, str], dm: ArrayDataModule) -> Run:
+    """The teacher run of an external net on this data: the one made before for the same net (sha256), inputs and
+    splits, or a new one, with the net checked and its accuracy measured once."""
+    net, sha = load_source(source)
+    split = data_params["data.split_sha256"]
+    done = store.search(f"tags.`{SHA}` = '{sha}' and tags.`{INPUTS}` = '{inputs}' and "
+                        f"params.`data.split_sha256` = '{split}' and attributes.status = 'FINISHED'",
+                        order_by=["attributes.start_time ASC"], max_results=1)
+    if done:
+        return done[0]
+    probe(net, dm, source, inputs)
+    tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {Path(source).name}",
+            NOTE: f"**teacher** from `{source}` (sha256 `{sha[:12]}`), fed {inputs} inputs of "
+                                   f"**{dm.name}**: an external net, measured once on this data's splits."}
+    params = {"data.name": dm.name, "model.name": type(net).__name__, "teacher.inputs": inputs} | data_params
+    run_id = store.start_run(f"teacher external {Path(source).name}", tags, params)
+    val, test = accuracy(net, dm, "val", inputs), accuracy(net, dm, "test", inputs)
+    for key, value in {SELECT_ON: val, "val/acc": val, TEST_ACC: test}.items():
+        store.client.log_metric(run_id, key, value)
+    store.client.set_terminated(run_id, "FINISHED")
+    return store.client.get_run(run_id)
+
+
+def load_external(run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
+    """An external teacher run's net, fed our standardised inputs, and the digest its logits cache is keyed by."""
+    source, sha, inputs = (run.data.tags[k] for k in (SOURCE, SHA, INPUTS))
+    net, now = load_source(source)
+    if now != sha:
+        raise UserError(f"teacher.run_id={run.info.run_id}: its source {source} changed since it was measured "
+                        f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model=")
+    net = FromStandardised(net, dm.mean, dm.std) if inputs == "raw" else net
+    return net, hashlib.sha256(f"{sha} {inputs}".encode()).hexdigest()
