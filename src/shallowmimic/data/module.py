@@ -197,11 +197,10 @@ def tensor(a: Tensor | np.ndarray) -> Tensor:
 def mimic_split(train: Batch, extra: dict[str, Tensor | Standardised], z_extra: Tensor | np.ndarray) -> Batch:
     """What a mimic trains on: the training rows (with their logits `z`) followed by the transfer rows and theirs;
     `y` is the true label of training rows and -1 on transfer rows without one."""
-    z = tensor(z_extra)
     if isinstance(extra["x"], Tensor):
-        join = torch.cat
+        join, z = torch.cat, tensor(z_extra)
     else:  # a memory-mapped transfer set (and its logits) is served by index beside the training rows, never
         join = Concat  # concatenated with them; mapped logits read by pread, as the inputs (mapped.Rows)
-        z = Rows(z_extra) if isinstance(z_extra, np.memmap) else z
+        z = Rows(z_extra) if isinstance(z_extra, np.memmap) else tensor(z_extra)
     return {"x": join([train["x"], extra["x"]]), "y": torch.cat([train["y"], extra["y"]]),
             "z": join([train["z"], z])}

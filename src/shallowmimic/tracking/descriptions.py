@@ -43,8 +43,8 @@ def git_commit() -> str:
 
 def variant(cfg: DictConfig, n_teachers: int = 1) -> str:
     """What sets a run apart within its role: `w=2048 k=32`, `w=512 conv=16 T=4.0 ensemble=4`, `w=512 drop=0.5
-    wd=0.0001`, `CNN1D d=4 c=64`, `DeepMLP h=58x58`. The one
-    place that names it: run names, the `variant` tag, the report and the bench all read it from here."""
+    wd=0.0001`, `CNN1D d=4 c=64`, `DeepMLP h=58x58`. The one place that names it: run names, the `variant` tag, the
+    report and the bench all read it from here."""
     model, objective = cfg.model, cfg.objective
     if "width" in model:
         parts = [f"w={model.width}"] + ([f"k={model.rank}"] if model.rank is not None else [])

@@ -30,6 +30,6 @@ class StepOnceMLFlowLogger(MLFlowLogger):
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         step = self.optimizer_step()
-        fresh = {k: v for k, v in metrics.items() if step is None or step not in self.logged.get(k, ())}
+        fresh = {k: v for k, v in metrics.items() if step not in self.logged.get(k, ())}
         if fresh:
             super().log_metrics(fresh, step)

@@ -119,16 +119,6 @@ def teacher_run_id(client: MlflowClient, uri: str) -> str:
                    "or models:/<model id>")
 
 
-def teacher_ids_from_model(client: MlflowClient, teacher_cfg: DictConfig) -> list[str]:
-    """teacher.model's run as the teacher (a one-member list), or none when it is not set."""
-    uri = teacher_cfg.get("model")
-    if uri is None:
-        return []
-    if teacher_cfg.run_id is not None:
-        raise BadValue("teacher.model", uri, "null when teacher.run_id names the teacher (give one of the two)")
-    return [teacher_run_id(client, uri)]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Register the newest (or a given) sweep's best nets; print what was registered."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,7 +23,6 @@ from shallowmimic.tracking.keys import PARENT, REUSE_KEY, REUSED_FROM, SELECT_ON
 from shallowmimic.tracking.store import Store
 from shallowmimic.tracking.sweep import sweep_parent
 
-TAG, FROM = REUSE_KEY, REUSED_FROM
 # what never changes a result (a student's teachers enter the key as the runs they resolved to)
 PLUMBING = ("paths", "logger", "study", "resume", "reuse", "register", "threads", "teacher")
 
@@ -55,7 +54,7 @@ def finished_run(cfg: DictConfig, store: Store, key: str) -> MlflowRun | None:
     process continues (resume=) or joins (a DDP rank) a run."""
     if not cfg.get("reuse", True) or cfg.resume or cfg.logger.get("run_id"):
         return None
-    runs = store.search(f"tags.{TAG} = '{key}' and attributes.status = 'FINISHED'",
+    runs = store.search(f"tags.{REUSE_KEY} = '{key}' and attributes.status = 'FINISHED'",
                         order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
@@ -63,11 +62,11 @@ def finished_run(cfg: DictConfig, store: Store, key: str) -> MlflowRun | None:
 def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, float]:
     """Report the reused run (inside a sweep, add it to the sweep's runs); return what train() returns: its test
     metrics and best validation accuracy."""
-    original = done.data.tags.get(FROM, done.info.run_id)
+    original = done.data.tags.get(REUSED_FROM, done.info.run_id)
     parent = sweep_parent()
     if parent is not None:
         tags = {k: v for k, v in done.data.tags.items() if not k.startswith(("mlflow.", "study."))}
-        tags |= {FROM: original, PARENT: parent, "mlflow.runName": done.info.run_name}
+        tags |= {REUSED_FROM: original, PARENT: parent, "mlflow.runName": done.info.run_name}
         tags |= {STAGE: cfg.study.stage} if cfg.study.stage else {}
         run_id = client.create_run(done.info.experiment_id, run_name=done.info.run_name).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in done.data.params.items()],

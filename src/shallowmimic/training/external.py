@@ -25,7 +25,6 @@ from shallowmimic.tracking.search import get_run
 from shallowmimic.tracking.store import Store
 
 SOURCE, SHA, INPUTS = "teacher.source", "teacher.sha256", "teacher.inputs"  # the tags of an external teacher's run
-FILES = (".pt2", ".pt", ".ts")
 PROBE_ROWS = 64
 
 
@@ -43,13 +42,14 @@ class FromStandardised(nn.Module):
         return self.net(x * self.std + self.mean)
 
 
-def is_external(client: MlflowClient, source: str) -> bool:
-    """Whether teacher.model names a net from elsewhere: a file, a runs:/ URI, or a models:/ URI whose model no
-    teacher run of ours logged (ours teach from their checkpoint, as teacher.run_id does)."""
+def our_teacher(client: MlflowClient, source: str) -> str | None:
+    """The teacher run of ours whose model a models:/ URI names (it teaches from its checkpoint, as teacher.run_id
+    does), or None: the net comes from elsewhere (a file, a runs:/ URI, a model other code logged)."""
     if not source.startswith("models:/"):
-        return source.startswith("runs:/") or Path(source).suffix in FILES or Path(source).exists()
+        return None
     run = get_run(client, teacher_run_id(client, source) or "")
-    return run is None or run.data.tags.get(ROLE) != "teacher" or SOURCE in run.data.tags
+    ours = run is not None and run.data.tags.get(ROLE) == "teacher" and SOURCE not in run.data.tags
+    return run.info.run_id if ours else None
 
 
 def sha256_of(path: Path) -> str:
@@ -84,8 +84,8 @@ def load_source(source: str) -> tuple[nn.Module, str]:
     key = f"teacher.model={source}"
     try:
         if source.startswith(("models:/", "runs:/")):
-            local = Path(mlflow.artifacts.download_artifacts(source))
-            return in_eval(mlflow.pytorch.load_model(source)), sha256_of(local)
+            local = Path(mlflow.artifacts.download_artifacts(source))  # once: hashed, then loaded from here
+            return in_eval(mlflow.pytorch.load_model(str(local))), sha256_of(local)
         path = Path(source)
         if not path.is_file():
             raise UserError(f"{key}: no such file; give a .pt2 (torch.export), .pt or .ts (TorchScript) file or a "
@@ -103,14 +103,15 @@ def load_source(source: str) -> tuple[nn.Module, str]:
         raise UserError(f"{key}: cannot be loaded as a PyTorch model ({str(err).splitlines()[0][:160]})") from None
 
 
-def as_seen(dm: ArrayDataModule, x: Tensor, inputs: str) -> Tensor:
-    """Our standardised inputs as the teacher sees them: raw (standardisation undone) or as they are."""
-    return x * dm.std + dm.mean if inputs == "raw" else x
+def fed(net: nn.Module, dm: ArrayDataModule, inputs: str) -> nn.Module:
+    """The net as it takes our standardised inputs: behind FromStandardised when it was made for raw ones."""
+    return FromStandardised(net, dm.mean, dm.std) if inputs == "raw" else net
 
 
-def probe(net: nn.Module, dm: ArrayDataModule, source: str, inputs: str) -> None:
-    """Refuse, in one line, a net that does not take this data or does not give logits for its classes."""
-    key, x = f"teacher.model={source}", as_seen(dm, dm.splits["val"]["x"][:PROBE_ROWS], inputs)
+def probe(net: nn.Module, dm: ArrayDataModule, source: str) -> None:
+    """Refuse, in one line, a net (fed our inputs) that does not take this data or does not give logits for its
+    classes."""
+    key, x = f"teacher.model={source}", dm.splits["val"]["x"][:PROBE_ROWS]
     shape = "(N, " + ", ".join(map(str, dm.in_shape)) + ")"
     with torch.no_grad():
         try:
@@ -132,11 +133,11 @@ def probe(net: nn.Module, dm: ArrayDataModule, source: str, inputs: str) -> None
                         "randomness (dropout in training mode, sampling); its logits cannot be cached as targets")
 
 
-def accuracy(net: nn.Module, dm: ArrayDataModule, split: str, inputs: str, batch: int = 1024) -> float:
-    """The net's accuracy on one of this data's splits."""
+def accuracy(net: nn.Module, dm: ArrayDataModule, split: str, batch: int = 1024) -> float:
+    """The net's accuracy (fed our inputs) on one of this data's splits."""
     x, y = dm.splits[split]["x"], dm.splits[split]["y"]
     with torch.no_grad():
-        hits = sum(int((net(as_seen(dm, x[i : i + batch], inputs)).argmax(1) == y[i : i + batch]).sum())
+        hits = sum(int((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
                    for i in range(0, len(y), batch))
     return hits / len(y)
 
@@ -151,13 +152,14 @@ def teacher_run(store: Store, source: str, inputs: str, data_params: dict[str, s
                         order_by=["attributes.start_time ASC"], max_results=1)
     if done:
         return done[0]
-    probe(net, dm, source, inputs)
-    tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {Path(source).name}",
-            NOTE: f"**teacher** from `{source}` (sha256 `{sha[:12]}`), fed {inputs} inputs of "
-                                   f"**{dm.name}**: an external net, measured once on this data's splits."}
     params = {"data.name": dm.name, "model.name": type(net).__name__, "teacher.inputs": inputs} | data_params
+    net = fed(net, dm, inputs)
+    probe(net, dm, source)
+    tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {Path(source).name}",
+            NOTE: f"**teacher** from `{source}` (sha256 `{sha[:12]}`), fed {inputs} inputs of **{dm.name}**: an "
+                  "external net, measured once on this data's splits."}
     run_id = store.start_run(f"teacher external {Path(source).name}", tags, params)
-    val, test = accuracy(net, dm, "val", inputs), accuracy(net, dm, "test", inputs)
+    val, test = accuracy(net, dm, "val"), accuracy(net, dm, "test")
     for key, value in {SELECT_ON: val, "val/acc": val, TEST_ACC: test}.items():
         store.client.log_metric(run_id, key, value)
     store.client.set_terminated(run_id, "FINISHED")
@@ -171,5 +173,4 @@ def load_external(run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
     if now != sha:
         raise UserError(f"teacher.run_id={run.info.run_id}: its source {source} changed since it was measured "
                         f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model=")
-    net = FromStandardised(net, dm.mean, dm.std) if inputs == "raw" else net
-    return net, hashlib.sha256(f"{sha} {inputs}".encode()).hexdigest()
+    return fed(net, dm, inputs), hashlib.sha256(f"{sha} {inputs}".encode()).hexdigest()

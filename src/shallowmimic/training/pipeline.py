@@ -22,11 +22,11 @@ from shallowmimic.nets import n_params
 from shallowmimic.objectives import Objective
 from shallowmimic.tracking.datasets import log_datasets
 from shallowmimic.tracking.descriptions import run_tags, variant
-from shallowmimic.tracking.keys import ROLE, SELECT_ON, STAGE, TEACHER_RUN_ID, VARIANT
+from shallowmimic.tracking.keys import REUSE_KEY, ROLE, SELECT_ON, STAGE, TEACHER_RUN_ID, VARIANT
 from shallowmimic.tracking.logged_models import record_model
-from shallowmimic.tracking.registry import maybe_register, teacher_ids_from_model
+from shallowmimic.tracking.registry import maybe_register
 from shallowmimic.tracking.resume import Resume, RunState
-from shallowmimic.tracking.reuse import TAG, finished_run, reuse, reuse_key
+from shallowmimic.tracking.reuse import finished_run, reuse, reuse_key
 from shallowmimic.tracking.run import Run, flat_params
 from shallowmimic.tracking.search import teacher_ids as ids_of
 from shallowmimic.tracking.store import Store, open_store
@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (done := finished_run(cfg, store, key)) is not None:
         return reuse(cfg, client, done)  # trained before with this config, code, data and teachers
     shape = variant(cfg, len(teachers))
-    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {ROLE: cfg.role, VARIANT: shape, TAG: key}
+    name, tags = f"{cfg.role} {shape} seed={cfg.seed}", {ROLE: cfg.role, VARIANT: shape, REUSE_KEY: key}
     # lineage, then what the UI shows: Source, User, the description
     tags |= lineage(cfg, teachers) | run_tags(cfg, shape, n_params(net), teachers, store.experiment_id, sweep_parent())
     params = flat_params(cfg, ("data", "model", "objective", "optimizer", "scheduler", "callbacks", "trainer"))
@@ -126,10 +126,12 @@ def model_teachers(store: Store, teacher_cfg: DictConfig, dm: ArrayDataModule) -
     """teacher.model's teacher run: the run of ours a model URI names (it teaches from its checkpoint), or an
     external net's own teacher run (made once, external.teacher_run); none when teacher.model is not set."""
     uri = teacher_cfg.get("model")
-    if uri is None or not external.is_external(store.client, str(uri)):
-        return teacher_ids_from_model(store.client, teacher_cfg)
+    if uri is None:
+        return []
     if teacher_cfg.run_id is not None:
         raise BadValue("teacher.model", uri, "null when teacher.run_id names the teacher (give one of the two)")
+    if (ours := external.our_teacher(store.client, str(uri))) is not None:
+        return [ours]
     inputs = teacher_cfg.get("inputs") or "raw"  # an external net was trained on the data as its files hold it
     return [external.teacher_run(store, str(uri), inputs, data_params(dm), dm).info.run_id]
 
