@@ -78,6 +78,20 @@ def test_cli_prints_one_line_and_exits_non_zero(cli, client: MlflowClient) -> No
     assert all(r.info.status != "RUNNING" for r in runs_of(client))
 
 
+def test_a_refused_job_of_a_multirun_is_one_line_and_the_others_run(cli, client: MlflowClient) -> None:
+    # parallel jobs (as `make paper JOBS=2` runs them): the refusal crosses from the worker process to the sweep
+    proc = cli("-m", "experiment=baseline", "model.width=16", "optimizer.lr=0.01,-1.0", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", "threads=1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    (line,) = errors  # the refused job's own line, naming its overrides; the other job said nothing
+    assert line.startswith("error: job 1 (") and line.endswith(",optimizer.lr=-1.0,threads=1,trainer.max_epochs=2): "
+                                                               "optimizer.lr=-1.0: must be a number > 0")
+    assert "job 1 was refused (its error line is above)" in proc.stderr
+    runs = {r.data.tags["role"]: r.info.status for r in runs_of(client)}
+    assert runs == {"baseline": "FINISHED", "sweep": "FAILED"}
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["optimizer.lr=0"], ["seed=-1"]])
 def test_help_and_key_errors_import_no_heavy_library(args: list[str]) -> None:
     # what makes them answer in a second: torch, Lightning and MLflow take seconds to import

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 
 class UserError(Exception):
     """A mistake in the user's input: reported as one line, with a non-zero exit and no traceback."""
@@ -21,6 +23,14 @@ class BadValue(UserError):
     def under(self, group: str) -> BadValue:
         """The same error with its key inside `group`."""
         return BadValue(f"{group}.{self.key}", self.value, self.allowed)
+
+
+class JobRefused(CompactHydraException):
+    """A multirun job stopped by a user's mistake, after printing its own line: Hydra raises the first such job once
+    the others ran, and prints a compact exception as its message alone, without a traceback."""
+
+    def __init__(self, job: str) -> None:
+        super().__init__(f"job {job} was refused (its error line is above); the multirun's other jobs ran")
 
 
 def redact(uri: str) -> str:

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from shallowmimic import conf_dir, settings, signals
-from shallowmimic.errors import UserError
+from shallowmimic.errors import JobRefused, UserError
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
@@ -32,8 +32,10 @@ def main(cfg: DictConfig) -> float:
 
         return train(cfg)["val/best_acc"]
     except UserError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job and goes on with the others
+        job = HydraConfig.get().job
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one line per refused job; Hydra goes on with the others
+            print(f"error: job {job.num} ({job.override_dirname}): {err}", file=sys.stderr, flush=True)
+            raise JobRefused(str(job.num)) from None
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
