@@ -13,9 +13,10 @@ from torch import nn
 
 from shallowmimic.checks import build
 from shallowmimic.errors import UserError
-from shallowmimic.training.pipeline import train
+from shallowmimic.training.pipeline import build_data_and_net, train
+from shallowmimic.training.teachers import ensemble_logits, load_teacher
 
-from .conftest import TINY_SHALLOW, runs_of
+from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 
 
 class RawNet(nn.Module):
@@ -125,3 +126,70 @@ def test_a_pickled_net_whose_class_is_not_installed_names_the_module(cli, store_
     assert line.startswith(
         f"error: teacher.model=models:/{logged.model_id}: the model needs module 'their_pkg', which is not installed")
     assert runs_of(client) == []
+
+
+def test_a_state_dict_and_its_class_teach(make_cfg, client: MlflowClient, tmp_path: Path) -> None:
+    plain, lightning = tmp_path / "their.pt", tmp_path / "their.ckpt"
+    torch.save(RawNet().state_dict(), plain)
+    # a LightningModule's checkpoint: the net's weights under its attribute's name, beside the loop's state
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in RawNet().state_dict().items()}}, lightning)
+    net = "teacher.net={_target_:tests.test_external.RawNet,classes:10}"
+    for checkpoint in (plain, lightning):
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.checkpoint={checkpoint}", net))
+    teachers = sorted((r for r in runs_of(client) if r.data.tags["role"] == "teacher"),
+                      key=lambda r: r.data.tags["teacher.source"])
+    assert [t.data.tags["teacher.source"] for t in teachers] == [str(lightning), str(plain)]
+    assert all(t.data.tags["teacher.net"] == '{"_target_": "tests.test_external.RawNet", "classes": 10}'
+               for t in teachers)
+    expected = raw_accuracy(make_cfg, RawNet(), "test")
+    assert all(t.data.metrics["test/acc"] == pytest.approx(expected) for t in teachers)
+    # the same weights in two files, each with the same config: one digest of file and config each
+    assert len({t.data.tags["teacher.sha256"] for t in teachers}) == 2
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["teacher.checkpoint={plain}"], r"^teacher.net=null: teacher.checkpoint and teacher.net come together"),
+    (["teacher.net={_target_:tests.test_external.RawNet}"], r"^teacher.checkpoint=null: teacher.checkpoint and"),
+    (["teacher.checkpoint={plain}", "teacher.net={_target_:tests.test_external.RawNet,classes:3}"],
+     r"^teacher.checkpoint=.*their.pt: its weights do not fit teacher.net=tests.test_external.RawNet \(size "
+     r"mismatch for layers.2.weight: .*torch.Size\(\[3, 32\]\)"),
+    (["teacher.checkpoint={plain}", "teacher.net={_target_:torch.nn.Linear,in_features:40,out_features:10}"],
+     r"^teacher.checkpoint=.*their.pt: its weights do not fit teacher.net=torch.nn.Linear \(missing: weight, "
+     r"bias; unexpected: layers.0.weight, "),
+    (["teacher.checkpoint={plain}", "teacher.net={_target_:tests.nowhere.Net}"],
+     r"^teacher.net._target_=tests.nowhere.Net: tests has no nowhere"),
+    (["teacher.checkpoint={tmp}/absent.pt", "teacher.net={_target_:tests.test_external.RawNet}"],
+     r"^teacher.checkpoint=.*absent.pt: no such file"),
+])
+def test_a_state_dict_that_cannot_teach_is_one_line_and_no_run(overrides: list[str], message: str, make_cfg,
+                                                               client: MlflowClient, tmp_path: Path) -> None:
+    plain = tmp_path / "their.pt"
+    torch.save(RawNet().state_dict(), plain)
+    with pytest.raises(UserError, match=message):
+        given = (o.replace("{plain}", str(plain)).replace("{tmp}", str(tmp_path)) for o in overrides)
+        train(make_cfg("experiment=mimic", *TINY_SHALLOW, *given))
+    assert runs_of(client) == []
+
+
+def test_an_ensemble_mixes_an_external_and_a_trained_teacher(make_cfg, outputs: Path, client: MlflowClient,
+                                                             tmp_path: Path) -> None:
+    source = pt2(tmp_path / "their.pt2", RawNet())
+    train(make_cfg(*TINY_TEACHER))
+    (ours,) = runs_of(client)
+    cfg = make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.run_id='{ours.info.run_id}'", f"teacher.model={source}")
+    train(cfg)
+    (student,) = [r for r in runs_of(client) if r.data.tags["role"] == "mimic"]
+    (theirs,) = [r for r in runs_of(client) if "teacher.source" in r.data.tags]
+    assert sorted(student.data.tags["teacher_run_id"].split(",")) == sorted([ours.info.run_id, theirs.info.run_id])
+    # the student's targets, from the cache it filled: on every split the mean of our teacher's logits (standardised
+    # inputs) and of their net's on the rows as the data holds them
+    dm, _ = build_data_and_net(cfg)
+    cached, tags = ensemble_logits(client, [theirs, ours], dm, outputs / "cache" / "logits")
+    assert tags["logits_cache"] == "hit" and tags["teacher_logits_sha256"] == student.data.tags["teacher_logits_sha256"]
+    ours_net, theirs_net = (load_teacher(client, run, dm)[0] for run in (ours, theirs))
+    raw = dm.raw_splits()
+    for split, x in dm.teacher_inputs().items():  # the transfer set has no raw rows: theirs undoes our scaling
+        with torch.no_grad():
+            theirs_z = RawNet()(torch.from_numpy(raw[split][0])) if split in raw else theirs_net(x)
+            mean = (ours_net(x) + theirs_z) / 2
+        np.testing.assert_allclose(cached[split], mean.numpy(), rtol=1e-5, atol=1e-5, err_msg=split)

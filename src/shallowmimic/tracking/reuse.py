@@ -59,7 +59,8 @@ def finished_run(cfg: DictConfig, store: Store, key: str) -> MlflowRun | None:
     return runs[0] if runs else None
 
 
-def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, float]:
+def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun,
+          why: str = "finished before with the same config, code and data (reuse=false retrains)") -> dict[str, float]:
     """Report the reused run (inside a sweep, add it to the sweep's runs); return what train() returns: its test
     metrics and best validation accuracy."""
     original = done.data.tags.get(REUSED_FROM, done.info.run_id)
@@ -73,6 +74,5 @@ def reuse(cfg: DictConfig, client: MlflowClient, done: MlflowRun) -> dict[str, f
                          tags=[RunTag(k, v) for k, v in tags.items()],
                          metrics=[Metric(k, v, 0, 0) for k, v in done.data.metrics.items()])
         client.set_terminated(run_id, "FINISHED")
-    print(f"[{done.info.run_name}] reused run {original}: finished before with the same config, code and data "
-          "(reuse=false retrains)")
+    print(f"[{done.info.run_name}] reused run {original}: {why}")
     return {k: v for k, v in done.data.metrics.items() if k.startswith("test/") or k == SELECT_ON}

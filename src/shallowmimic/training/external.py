@@ -1,12 +1,16 @@
-"""Your own deep net as the teacher: a torch.export file (.pt2), a TorchScript file (.pt, .ts) or any PyTorch-flavour
-MLflow model (`models:/...`, `runs:/...`) logged by any project. It is checked on this data once, then becomes a teacher
+"""Your own deep net as the teacher: a torch.export file (.pt2), a TorchScript file (.pt, .ts), any PyTorch-flavour
+MLflow model (`models:/...`, `runs:/...`) logged by any project, or a state dict (teacher.checkpoint) for a net built
+from config (teacher.net, Hydra's instantiate). It is checked on this data once, then becomes a teacher
 run of its own (role teacher, its source and sha256 as tags, its accuracy on this data's splits), so students, reuse,
 the report and Figure 3 treat it as any teacher."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import pickle
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import mlflow.artifacts
@@ -15,8 +19,10 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from shallowmimic.checks import build
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import UserError
 from shallowmimic.tracking.keys import NOTE, ROLE, SELECT_ON, TEST_ACC, VARIANT
@@ -24,7 +30,8 @@ from shallowmimic.tracking.registry import teacher_run_id
 from shallowmimic.tracking.search import get_run
 from shallowmimic.tracking.store import Store
 
-SOURCE, SHA, INPUTS = "teacher.source", "teacher.sha256", "teacher.inputs"  # the tags of an external teacher's run
+# the tags of an external teacher's run (NET: the teacher.net config a state dict's net is built from, as JSON)
+SOURCE, SHA, INPUTS, NET = "teacher.source", "teacher.sha256", "teacher.inputs", "teacher.net"
 PROBE_ROWS = 64
 
 
@@ -79,8 +86,11 @@ def load_script(path: str) -> nn.Module:
         return torch.jit.load(path, map_location="cpu")
 
 
-def load_source(source: str) -> tuple[nn.Module, str]:
-    """The net a file or MLflow model URI holds, and its sha256; one line naming teacher.model when it cannot be."""
+def load_source(source: str, net: dict | None = None) -> tuple[nn.Module, str]:
+    """The net a file or MLflow model URI holds (or, given `net`, the net that config builds with the weights of the
+    state dict at `source`), and its sha256; one line naming the key when it cannot be."""
+    if net is not None:
+        return load_state_dict(Path(source), net)
     key = f"teacher.model={source}"
     try:
         if source.startswith(("models:/", "runs:/")):
@@ -103,15 +113,73 @@ def load_source(source: str) -> tuple[nn.Module, str]:
         raise UserError(f"{key}: cannot be loaded as a PyTorch model ({str(err).splitlines()[0][:160]})") from None
 
 
+def load_state_dict(path: Path, net_cfg: dict) -> tuple[nn.Module, str]:
+    """teacher.net built by Hydra's instantiate, with the weights of the state dict at `path` (a plain
+    `torch.save(net.state_dict())`, or a Lightning checkpoint's `state_dict` with its attribute prefix), and the
+    sha256 of the file and the config together."""
+    key = f"teacher.checkpoint={path}"
+    if not path.is_file():
+        raise UserError(f"{key}: no such file; give a state dict (torch.save(net.state_dict(), path)) or a .ckpt")
+    net = build("teacher.net", OmegaConf.create(net_cfg))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs on load
+    except (RuntimeError, OSError, pickle.UnpicklingError) as err:
+        raise UserError(f"{key}: not a state dict torch.load reads ({str(err).splitlines()[0][:160]})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"{key}: holds a {type(state).__name__}, not a state dict (a dict of tensors)")
+    misfit = f"{key}: its weights do not fit teacher.net={net_cfg['_target_']}"
+    try:
+        missing, unexpected = net.load_state_dict(without_prefix(state, net.state_dict().keys()), strict=False)
+    except RuntimeError as err:  # a tensor of another shape: torch lists each under a heading line
+        first = (str(err).strip().splitlines()[1:] or [str(err)])[0]
+        raise UserError(f"{misfit} ({first.strip()[:200]})") from None
+    if missing or unexpected:
+        raise UserError(f"{misfit} (missing: {', '.join(missing[:4]) or 'none'}; unexpected: "
+                        f"{', '.join(unexpected[:4]) or 'none'})")
+    config = json.dumps(net_cfg, sort_keys=True).encode()
+    return in_eval(net), hashlib.sha256(sha256_of(path).encode() + config).hexdigest()
+
+
+def without_prefix(state: dict[str, Tensor], names: Iterable[str]) -> dict[str, Tensor]:
+    """The state dict with the prefix a wrapper gave its keys removed (`net.`, `model.`: a LightningModule's
+    attribute), when that makes them the net's own names; else as it is."""
+    names = set(names)
+    if set(state) == names:
+        return state
+    for prefix in sorted({k.split(".", 1)[0] + "." for k in state}):
+        inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if set(inner) == names:
+            return inner
+    return state
+
+
+def given(teacher: DictConfig) -> list[tuple[str, dict | None]]:
+    """The nets teacher.model (one, or a list) and teacher.checkpoint with teacher.net name, as (source, net
+    config) pairs; one line when one of the two checkpoint keys comes without the other."""
+    models = teacher.get("model")
+    models = [] if models is None else [models] if isinstance(models, str) else list(models)
+    checkpoint, net = teacher.get("checkpoint"), teacher.get("net")
+    if (checkpoint is None) != (net is None):
+        missing = "teacher.net" if net is None else "teacher.checkpoint"
+        raise UserError(f"{missing}=null: teacher.checkpoint and teacher.net come together (a state dict and the "
+                        "{_target_: your_pkg.YourNet, ...} config that builds its net)")
+    if net is not None and "_target_" not in net:
+        raise UserError("teacher.net: needs a _target_ (the class that builds the net, e.g. "
+                        "teacher.net={_target_:my_pkg.MyNet,width:64})")
+    pairs: list[tuple[str, dict | None]] = [(str(m), None) for m in models]
+    return pairs + ([(str(checkpoint), OmegaConf.to_container(net, resolve=True))] if checkpoint else [])
+
+
 def fed(net: nn.Module, dm: ArrayDataModule, inputs: str) -> nn.Module:
     """The net as it takes our standardised inputs: behind FromStandardised when it was made for raw ones."""
     return FromStandardised(net, dm.mean, dm.std) if inputs == "raw" else net
 
 
-def probe(net: nn.Module, dm: ArrayDataModule, source: str) -> None:
-    """Refuse, in one line, a net (fed our inputs) that does not take this data or does not give logits for its
-    classes."""
-    key, x = f"teacher.model={source}", dm.splits["val"]["x"][:PROBE_ROWS]
+def probe(net: nn.Module, dm: ArrayDataModule, key: str) -> None:
+    """Refuse, in one line naming `key`, a net (fed our inputs) that does not take this data or does not give logits
+    for its classes."""
+    x = dm.splits["val"]["x"][:PROBE_ROWS]
     shape = "(N, " + ", ".join(map(str, dm.in_shape)) + ")"
     with torch.no_grad():
         try:
@@ -142,10 +210,11 @@ def accuracy(net: nn.Module, dm: ArrayDataModule, split: str, batch: int = 1024)
     return hits / len(y)
 
 
-def teacher_run(store: Store, source: str, inputs: str, data_params: dict[str, str], dm: ArrayDataModule) -> Run:
+def teacher_run(store: Store, source: str, net_cfg: dict | None, inputs: str, data_params: dict[str, str],
+                dm: ArrayDataModule) -> Run:
     """The teacher run of an external net on this data: the one made before for the same net (sha256), inputs and
     splits, or a new one, with the net checked and its accuracy measured once."""
-    net, sha = load_source(source)
+    net, sha = load_source(source, net_cfg)
     split = data_params["data.split_sha256"]
     done = store.search(f"tags.`{SHA}` = '{sha}' and tags.`{INPUTS}` = '{inputs}' and "
                         f"params.`data.split_sha256` = '{split}' and attributes.status = 'FINISHED'",
@@ -154,10 +223,12 @@ def teacher_run(store: Store, source: str, inputs: str, data_params: dict[str, s
         return done[0]
     params = {"data.name": dm.name, "model.name": type(net).__name__, "teacher.inputs": inputs} | data_params
     net = fed(net, dm, inputs)
-    probe(net, dm, source)
+    key = f"teacher.model={source}" if net_cfg is None else f"teacher.checkpoint={source}"
+    probe(net, dm, key)
     tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {Path(source).name}",
             NOTE: f"**teacher** from `{source}` (sha256 `{sha[:12]}`), fed {inputs} inputs of **{dm.name}**: an "
                   "external net, measured once on this data's splits."}
+    tags |= {NET: json.dumps(net_cfg, sort_keys=True)} if net_cfg is not None else {}
     run_id = store.start_run(f"teacher external {Path(source).name}", tags, params)
     val, test = accuracy(net, dm, "val"), accuracy(net, dm, "test")
     for key, value in {SELECT_ON: val, "val/acc": val, TEST_ACC: test}.items():
@@ -169,8 +240,8 @@ def teacher_run(store: Store, source: str, inputs: str, data_params: dict[str, s
 def load_external(run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
     """An external teacher run's net, fed our standardised inputs, and the digest its logits cache is keyed by."""
     source, sha, inputs = (run.data.tags[k] for k in (SOURCE, SHA, INPUTS))
-    net, now = load_source(source)
+    net, now = load_source(source, json.loads(run.data.tags[NET]) if NET in run.data.tags else None)
     if now != sha:
         raise UserError(f"teacher.run_id={run.info.run_id}: its source {source} changed since it was measured "
-                        f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model=")
+                        f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model= (or teacher.checkpoint=)")
     return fed(net, dm, inputs), hashlib.sha256(f"{sha} {inputs}".encode()).hexdigest()

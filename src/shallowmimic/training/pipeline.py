@@ -61,6 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm, net = build_data_and_net(cfg)
 
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
+    if not objective.needs_logits and (adopted := adopted_teacher(cfg, store, dm)) is not None:
+        return reuse(cfg, client, adopted, "given as the teacher, not trained")
     teachers = pick_teachers(cfg, objective, store, resume, dm)  # none for label training
 
     key = reuse_key(cfg, dm, [t.info.run_id for t in teachers])
@@ -111,29 +113,39 @@ def summary(metrics: dict[str, float]) -> str:
 
 def pick_teachers(cfg: DictConfig, objective: Objective, store: Store,
                   resume: Resume | None, dm: ArrayDataModule) -> list[MlflowRun]:
-    """The teacher runs a student learns from: those named, or the newest; a resumed student keeps its own. A
-    student without a teacher, or with one that does not fit its data, fails here, before any MLflow run exists."""
+    """The teacher runs a student learns from: those named (teacher.run_id, and the nets teacher.model and
+    teacher.checkpoint give: all of them one ensemble), or the newest; a resumed student keeps its own. A student
+    without a teacher, or with one that does not fit its data, fails here, before any MLflow run exists."""
     if not objective.needs_logits:
         return []
     check_keys(cfg.teacher.run_id, cfg.teacher.ensemble)
-    ids = ids_of(cfg.teacher.run_id) + model_teachers(store, cfg.teacher, dm)
+    ids = ids_of(cfg.teacher.run_id) + given_teachers(store, cfg.teacher, dm)
+    if ids and cfg.teacher.ensemble != 1:
+        raise BadValue("teacher.ensemble", cfg.teacher.ensemble, "1 when the teachers are named (list them all)")
     if resume is not None:
         ids = resume.teachers(ids)
     return find_teachers(store, ids, cfg.teacher.ensemble, dm)
 
 
-def model_teachers(store: Store, teacher_cfg: DictConfig, dm: ArrayDataModule) -> list[str]:
-    """teacher.model's teacher run: the run of ours a model URI names (it teaches from its checkpoint), or an
-    external net's own teacher run (made once, external.teacher_run); none when teacher.model is not set."""
-    uri = teacher_cfg.get("model")
-    if uri is None:
-        return []
-    if teacher_cfg.run_id is not None:
-        raise BadValue("teacher.model", uri, "null when teacher.run_id names the teacher (give one of the two)")
-    if (ours := external.our_teacher(store.client, str(uri))) is not None:
-        return [ours]
+def given_teachers(store: Store, teacher_cfg: DictConfig, dm: ArrayDataModule) -> list[str]:
+    """The teacher runs of the nets teacher.model and teacher.checkpoint name: the run of ours a model URI names (it
+    teaches from its checkpoint), or an external net's own teacher run (made once, external.teacher_run)."""
     inputs = teacher_cfg.get("inputs") or "raw"  # an external net was trained on the data as its files hold it
-    return [external.teacher_run(store, str(uri), inputs, data_params(dm), dm).info.run_id]
+    ids = []
+    for source, net in external.given(teacher_cfg):
+        ours = external.our_teacher(store.client, source) if net is None else None
+        ids.append(ours or external.teacher_run(store, source, net, inputs, data_params(dm), dm).info.run_id)
+    return ids
+
+
+def adopted_teacher(cfg: DictConfig, store: Store, dm: ArrayDataModule) -> MlflowRun | None:
+    """A teacher job given its net (teacher.model or teacher.checkpoint; `make paper TEACHER=`): that net's teacher
+    run stands for the teacher this job would train; None when no net is given."""
+    ids = given_teachers(store, cfg.teacher, dm) if cfg.role == "teacher" else []
+    if len(ids) > 1:
+        raise BadValue("teacher.model", cfg.teacher.model, "one net when a teacher job adopts it (an ensemble is "
+                       "made by the students: give the list to them)")
+    return store.client.get_run(ids[0]) if ids else None
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
