@@ -34,9 +34,11 @@ THREADS = $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 # make test: pytest workers (pytest-xdist); the suite is mostly separate training processes, so 2 cores take 2
 TEST_JOBS ?= 2
 
-# make paper: the paper's study (conf/study/<SIZE>.yaml) on DATA, JOBS jobs at a time
+# make paper: the paper's study (conf/study/<SIZE>.yaml) on DATA, JOBS jobs at a time; TEACHER= your own net (a
+# teacher.model: a .pt2/.pt/.ts file or a model URI) stands for the teachers the study would train
 SIZE   ?= full
 DATA   ?= mnist1d
+TEACHER ?=
 
 .PHONY: help install run teacher baseline mimic sweep paper report register bench bench-scale ui server test lint clean
 
@@ -71,7 +73,8 @@ sweep: install  ## baseline + mimic over width x rank x seed (GRID=width_rank) u
 	$(PY) -m shallowmimic.analysis.report
 
 paper: install  ## the paper's study: Figures 1-3, bottleneck, controls, inference cost (SIZE=smoke DATA=... JOBS=2)
-	$(PY) -m shallowmimic.analysis.study --size $(SIZE) --data $(DATA) --jobs $(JOBS) $(ARGS)
+	$(PY) -m shallowmimic.analysis.study --size $(SIZE) --data $(DATA) --jobs $(JOBS) \
+	  $(if $(TEACHER),--teacher '$(TEACHER)') $(ARGS)
 
 report: install  ## print the table of the newest sweep (or pipeline) in the store
 	$(PY) -m shallowmimic.analysis.report $(ARGS)

@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from shallowmimic.analysis.study import fill, main, matched_hidden, stage_runs
+from shallowmimic.analysis import study as study_module
+from shallowmimic.analysis.study import fill, load_study, main, matched_hidden, stage_runs
 from shallowmimic.errors import UserError
 from shallowmimic.nets import DeepMLP, ShallowNet, n_params
 from shallowmimic.tracking.search import best_by_val
+
+from .conftest import runs_of
 
 
 def test_deep_nets_are_sized_to_match_the_shallow_ones() -> None:
@@ -27,6 +30,31 @@ def test_a_stage_cannot_use_what_no_earlier_stage_chose() -> None:
         "a=1", "model.dropout=0.5", "optimizer.weight_decay=0.0"]
     with pytest.raises(UserError, match=r"^conf/study: `teacher.run_id={teacher}` needs teacher, which no earlier"):
         fill(["teacher.run_id={teacher}"], {})
+    # Figure 3's teachers: the weaker ones, the best and the ensemble of all; one given teacher is its own ensemble
+    chosen = {"quality": "'q1','q2'", "teacher": "'t'"}
+    assert fill(["teacher.run_id={teachers_fig3}"], chosen | {"ensemble": "['t','u']"}) == [
+        "teacher.run_id='q1','q2','t',['t','u']"]
+    assert fill(["teacher.run_id={teachers_fig3}"], chosen | {"ensemble": "['t']"}) == ["teacher.run_id='q1','q2','t'"]
+
+
+def test_a_given_teacher_stands_for_the_teachers_stage(outputs: Path, store_uri: str, client: MlflowClient,
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from .test_external import RawNet, pt2
+
+    source = pt2(tmp_path / "their.pt2", RawNet())
+    study = load_study("smoke")
+    study.seeds, study.stages = "0", {k: study.stages[k] for k in ("teachers", "mimic")}  # two stages: seconds
+    monkeypatch.setattr(study_module, "load_study", lambda size: study)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    assert main(["--size", "smoke", "--teacher", source, f"paths.outputs={outputs}"]) == 0
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist1d").experiment_id], "tags.role = 'study'")
+    (teacher,) = stage_runs(client, run.info.run_id, "teachers")
+    assert teacher.data.tags["teacher.source"] == source and teacher.data.tags.get("reused_from")
+    trained = [r for r in runs_of(client) if r.data.tags["role"] == "teacher" and "teacher.source" not in r.data.tags]
+    assert trained == []  # no stage trained a teacher to replace it
+    mimics = stage_runs(client, run.info.run_id, "mimic")
+    assert len(mimics) == 2 and {m.data.tags["teacher_run_id"] for m in mimics} == {teacher.data.tags["reused_from"]}
+    assert (outputs / "reports" / "paper" / "report.md").stat().st_size > 0
 
 
 def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store_uri: str, client: MlflowClient,

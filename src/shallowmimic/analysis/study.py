@@ -4,6 +4,7 @@ after another under one MLflow parent run, then its report (shallowmimic.analysi
     python -m shallowmimic.analysis.study                                  # conf/study/full.yaml on MNIST-1D
     python -m shallowmimic.analysis.study --size smoke --data digits --jobs 2
     python -m shallowmimic.analysis.study --size smoke paths.outputs=/tmp/study   # overrides for every job
+    python -m shallowmimic.analysis.study --teacher their.pt2              # your own net as the study's teacher
 
 Stages fill `{name}` fields of later ones with what they chose, on validation only: the best teacher, the best
 regularisation of the baseline, the best KD temperature (see conf/study/full.yaml).
@@ -99,8 +100,9 @@ SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict[str, str]]] = {
 
 def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
     """The stage's overrides with `{name}` fields filled (one field may hold several overrides)."""
-    if "quality" in values and "teacher" in values:
-        values = values | {"teachers_fig3": ",".join([values["quality"], values["teacher"], values["ensemble"]])}
+    if "quality" in values and "teacher" in values:  # the ensemble of one teacher (a given one) is that teacher
+        ensemble = [values["ensemble"]] if values["ensemble"] != f"[{values['teacher']}]" else []
+        values = values | {"teachers_fig3": ",".join([values["quality"], values["teacher"], *ensemble])}
     out = []
     for override in overrides:
         missing = set(re.findall(r"{(\w+)}", override)) - set(values)
@@ -134,6 +136,8 @@ def run_study(args: argparse.Namespace, study: DictConfig, store: Store, study_i
     client, values, failed = store.client, {}, []
     for stage, overrides in study.stages.items():
         extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
+        if stage == "teachers" and args.teacher:  # the given net stands for the teachers this stage would train
+            overrides, extra = ["experiment=teacher", f"teacher.model={args.teacher}"], []
         if not (args.study and finished(store, study_id, stage)):
             if not launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id):
                 failed.append(stage)  # the report uses the jobs that finished and counts them per row
@@ -171,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="full", help="conf/study/<size>.yaml over full.yaml: full or smoke")
     p.add_argument("--data", default="mnist1d", help="the data config (conf/data/) the whole study runs on")
     p.add_argument("--jobs", type=int, default=1, help="jobs of a stage run in parallel")
+    p.add_argument("--teacher", help="your own net as the teacher (a teacher.model: file or model URI); no stage "
+                   "trains one to replace it, Figure 3 puts it among the weaker teachers it trains")
     p.add_argument("--study", help="continue this unfinished study run: its finished stages are not run again")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every job (e.g. paths.outputs=...)")
     args = p.parse_args(argv)
