@@ -124,6 +124,7 @@ class Run:
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit):
             status = "KILLED"
+            signals.stop()
             if self.writer and signals.received is not None:
                 print(self.how_to_resume(), file=sys.stderr)
             raise
