@@ -93,6 +93,22 @@ def test_mnist_idx_files_plain_and_gzipped(tmp_path: Path, folder: str) -> None:
         np.testing.assert_array_equal(arrays[key].reshape(a.shape), a)
 
 
+def test_mnist_files_are_found_flat_and_in_the_system_folder(tmp_path: Path) -> None:
+    flat = write_mnist(tmp_path / "flat", "FashionMNIST")
+    for path in (tmp_path / "flat" / "FashionMNIST" / "raw").iterdir():  # the four files side by side, as Debian has
+        path.rename(tmp_path / "flat" / path.name)
+    np.testing.assert_array_equal(load_mnist(tmp_path / "flat", "FashionMNIST")["y_train"], flat["y_train"])
+    (tmp_path / "empty").mkdir()
+    arrays = load_mnist(tmp_path / "empty", "FashionMNIST", system_dir=str(tmp_path / "flat"))
+    np.testing.assert_array_equal(arrays["x_test"][:, 0], flat["x_test"])
+    own = write_mnist(tmp_path / "own", "FashionMNIST", n_train=30)  # the user's own files come first
+    assert len(load_mnist(tmp_path / "own", "FashionMNIST", system_dir=str(tmp_path / "flat"))["y_train"]) == 30
+    assert len(own["y_train"]) == 30
+    with pytest.raises(UserError) as err:
+        load_mnist(tmp_path / "empty", "FashionMNIST", system_dir=str(tmp_path / "none"))
+    assert f"(nor flat in it, nor in {tmp_path / 'none'})" in one_line(err)
+
+
 def test_idx_header_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "bad-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2, 28, 28) + bytes(100))  # too few bytes
@@ -215,7 +231,8 @@ def test_missing_or_unset_paths_say_what_to_do(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(UserError) as err:
         load_mnist(tmp_path)
     message = one_line(err)
-    assert message.startswith(f"data.data_dir={tmp_path}: no MNIST/raw/train-images-idx3-ubyte in it; place the")
+    assert message.startswith(f"data.data_dir={tmp_path}: no MNIST/raw/train-images-idx3-ubyte in it (nor flat in "
+                              "it); place the")
     assert "data.download=true" in message
     with pytest.raises(UserError, match="no cifar-10-batches-py/data_batch_1 in it"):
         load_cifar10(tmp_path)

@@ -55,9 +55,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _missing(data_dir: str | Path, path: Path, what: str) -> UserError:
+def _missing(data_dir: str | Path, path: Path, what: str, also: str = "") -> UserError:
     """The error for a file missing under data.data_dir, saying the two ways out."""
-    return UserError(f"data.data_dir={data_dir}: no {path.relative_to(data_dir)} in it; place the {what} files "
+    return UserError(f"data.data_dir={data_dir}: no {path.relative_to(data_dir)} in it{also}; place the {what} files "
                      "there or set data.download=true (needs torchvision)")
 
 
@@ -75,21 +75,29 @@ def download(dataset: str, data_dir: Path) -> None:
         raise UserError(f"data.download=true: could not download {dataset} into {data_dir}: {first_line}") from None
 
 
-def load_mnist(data_dir: str | Path, folder: str = "MNIST", download_missing: bool = False) -> Arrays:
-    """MNIST or Fashion-MNIST (`folder` = torchvision's class name) from `<data_dir>/<folder>/raw/`, as uint8
-    (N, 1, 28, 28) images: 60k train, 10k test."""
+def load_mnist(data_dir: str | Path, folder: str = "MNIST", download_missing: bool = False,
+               system_dir: str | None = None) -> Arrays:
+    """MNIST or Fashion-MNIST (`folder` = torchvision's class name) as uint8 (N, 1, 28, 28) images: 60k train, 10k
+    test. The four idx files (each plain or .gz) are read from the first folder that holds them all:
+    `<data_dir>/<folder>/raw/` (torchvision's layout), `<data_dir>` itself (a flat folder), then `system_dir` (where a
+    system package put them, e.g. Debian's dataset-fashion-mnist)."""
     raw = Path(data_dir) / folder / "raw"
 
-    def find(name: str) -> Path | None:
-        return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+    def files_in(where: Path) -> dict[str, Path] | None:
+        found = {key: next((p for p in (where / n, where / f"{n}.gz") if p.is_file()), None)
+                 for key, n in MNIST_FILES.items()}
+        return found if all(found.values()) else None
 
-    if download_missing and not all(find(n) for n in MNIST_FILES.values()):
+    if download_missing and not (files_in(raw) or files_in(Path(data_dir))):
         download(folder, Path(data_dir))
+    places = [raw, Path(data_dir), *([Path(system_dir)] if system_dir else [])]
+    files = next((found for where in places if (found := files_in(where))), None)
+    if files is None:
+        also = f" (nor flat in it{f', nor in {system_dir}' if system_dir else ''})"
+        raise _missing(data_dir, raw / MNIST_FILES["x_train"],
+                       f"{folder} idx ({', '.join(MNIST_FILES.values())}, or .gz)", also)
     arrays = {}
-    for key, name in MNIST_FILES.items():
-        path = find(name)
-        if path is None:
-            raise _missing(data_dir, raw / name, f"{folder} idx ({', '.join(MNIST_FILES.values())}, or .gz)")
+    for key, path in files.items():
         a = read_idx(path)
         if a.ndim != (3 if key.startswith("x") else 1):
             expected = "images (N, H, W)" if key.startswith("x") else "labels (N,)"
@@ -97,7 +105,7 @@ def load_mnist(data_dir: str | Path, folder: str = "MNIST", download_missing: bo
         arrays[key] = a[:, None] if key.startswith("x") else a.astype(np.int64)  # images get a channel axis
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise UserError(f"{raw}: {len(arrays[f'x_{split}'])} {split} images but {len(arrays[f'y_{split}'])} "
+            raise UserError(f"{files['x_train'].parent}: {len(arrays[f'x_{split}'])} {split} images but {len(arrays[f'y_{split}'])} "
                             "labels")
     return arrays
 

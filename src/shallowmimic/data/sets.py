@@ -36,16 +36,18 @@ class MNISTDataModule(TorchvisionFilesDataModule):
     layout) or downloaded there through torchvision."""
 
     folder = "MNIST"
+    system_dir: str | None = None  # where a system package installs the files, looked in last
 
     def load_arrays(self) -> Arrays:
-        return load_mnist(self.data_dir, self.folder, self.download)
+        return load_mnist(self.data_dir, self.folder, self.download, self.system_dir)
 
 
 class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST (Xiao et al. 2017): 28x28 clothing images in MNIST's format, from
-    `<data_dir>/FashionMNIST/raw/`."""
+    `<data_dir>/FashionMNIST/raw/`, `<data_dir>` or the folder Debian's package dataset-fashion-mnist installs."""
 
     folder = "FashionMNIST"
+    system_dir = "/usr/share/datasets/fashion-mnist"  # `apt-get install dataset-fashion-mnist` (Debian, Ubuntu)
 
 
 class CIFAR10DataModule(TorchvisionFilesDataModule):
