@@ -105,8 +105,8 @@ def load_mnist(data_dir: str | Path, folder: str = "MNIST", download_missing: bo
         arrays[key] = a[:, None] if key.startswith("x") else a.astype(np.int64)  # images get a channel axis
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise UserError(f"{files['x_train'].parent}: {len(arrays[f'x_{split}'])} {split} images but {len(arrays[f'y_{split}'])} "
-                            "labels")
+            n_x, n_y = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+            raise UserError(f"{files[f'x_{split}'].parent}: {n_x} {split} images but {n_y} labels")
     return arrays
 
 

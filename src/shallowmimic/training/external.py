@@ -243,5 +243,6 @@ def load_external(run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
     net, now = load_source(source, json.loads(run.data.tags[NET]) if NET in run.data.tags else None)
     if now != sha:
         raise UserError(f"teacher.run_id={run.info.run_id}: its source {source} changed since it was measured "
-                        f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model= (or teacher.checkpoint=)")
+                        f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model= "
+                        "(or teacher.checkpoint=)")
     return fed(net, dm, inputs), hashlib.sha256(f"{sha} {inputs}".encode()).hexdigest()
