@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run as MlflowRun
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from omegaconf import DictConfig
 
 from shallowmimic.errors import BadValue, UserError
@@ -103,20 +104,19 @@ def maybe_register(cfg: DictConfig, client: MlflowClient, run_id: str) -> None:
 
 
 def teacher_run_id(client: MlflowClient, uri: str) -> str:
-    """The run behind a model URI: models:/<name>@<alias>, models:/<name>/<version>, or models:/<model id>."""
-    body = uri.removeprefix("models:/") if isinstance(uri, str) else ""
+    """The run behind a model URI: models:/<name>@<alias>, models:/<name>/<version>, models:/<name>/latest (or a
+    stage), or models:/<model id>. MLflow's own parser reads the URI, so every form it takes works here."""
+    if not isinstance(uri, str) or not uri.startswith("models:/") or uri == "models:/":
+        raise BadValue("teacher.model", uri, "null or a model URI: models:/<name>@<alias>, models:/<name>/<version>"
+                       ", models:/<name>/latest or models:/<model id>")
     try:
-        if "@" in body:
-            return client.get_model_version_by_alias(*body.split("@", 1)).run_id
-        if "/" in body:
-            return client.get_model_version(*body.split("/", 1)).run_id
-        if body:
-            return client.get_logged_model(body).source_run_id
+        found = get_model_name_and_version(client, uri)
+        if len(found) == 1:
+            return client.get_logged_model(found[0]).source_run_id
+        return client.get_model_version(*found).run_id
     except MlflowException as err:
         raise UserError(f"teacher.model={uri}: not in the registry ({err.message.splitlines()[0]}); register one "
                         "with `make register` or `register=true`") from None
-    raise BadValue("teacher.model", uri, "null or a model URI: models:/<name>@<alias>, models:/<name>/<version> "
-                   "or models:/<model id>")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -60,9 +61,12 @@ def our_teacher(client: MlflowClient, source: str) -> str | None:
 
 
 def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and bytes, in name order)."""
+    """sha256 of a file, or of a folder's files (names and bytes, in name order). The file MLflow adds to a
+    registered model's download names the version or alias asked for, not the net: it is left out, so one net
+    has one hash by whichever URI it is named."""
     h = hashlib.sha256()
-    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.name != REGISTERED_MODEL_META_FILE_NAME]
+    for file in sorted(p for p in files if p.is_file()):
         h.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
         h.update(file.read_bytes())
     return h.hexdigest()
