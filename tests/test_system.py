@@ -11,10 +11,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from shallowmimic.data import InMemoryLoader
 from shallowmimic.data.loader import Chunk
-from shallowmimic.nets import ShallowNet
+from shallowmimic.nets import CNN2D, ShallowNet
 from shallowmimic.objectives import labels_loss, mimic_loss
 from shallowmimic.training.system import System
-from shallowmimic.training.teachers import _logits, teacher_device
+from shallowmimic.training.teachers import BATCH_BYTES_CPU, MAX_ROWS, _logits, rows_per_batch, teacher_device
 
 
 def test_mimic_loss_is_the_papers_formula() -> None:
@@ -107,6 +107,19 @@ def test_the_teacher_runs_on_the_trainers_device_in_batches() -> None:
     net, x = torch.nn.Linear(4, 3), torch.randn(10, 4)
     out = _logits(net, x, batch_size=3, device=teacher_device("gpu"))
     assert out.dtype == np.float32 and np.allclose(out, net(x).detach().numpy(), atol=1e-6)  # the cached format
+
+
+def test_teacher_batches_are_sized_by_the_nets_largest_activation() -> None:
+    cpu = torch.device("cpu")
+    cnn = CNN2D((1, 28, 28), 10).eval()  # its first convs hold 32 x 28 x 28 floats per row: 100 KB
+    mlp = ShallowNet(40, 10, width=64).eval()
+    cnn_rows = rows_per_batch(cnn, torch.randn(8, 1, 28, 28), cpu)
+    assert cnn_rows == BATCH_BYTES_CPU // (2 * 32 * 28 * 28 * 4)  # the largest layer's input and output fit
+    assert rows_per_batch(mlp, torch.randn(8, 40), cpu) == MAX_ROWS  # 256 B a row: capped
+    x = torch.randn(300, 1, 28, 28)
+    with torch.no_grad():
+        assert np.allclose(_logits(cnn, x), cnn(x).numpy(), atol=1e-5)  # batches of cnn_rows give the same logits
+    assert rows_per_batch(torch.jit.script(mlp), torch.randn(8, 40), cpu) == 4096  # no hooks in TorchScript
 
 
 def test_train_and_val_sets_go_to_the_training_device_once() -> None:

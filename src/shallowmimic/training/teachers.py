@@ -160,13 +160,41 @@ def teacher_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
+BATCH_BYTES_CPU = 64 << 20  # a CPU batch's largest activation this size stays in the caches and needs no new pages
+MAX_ROWS = 65_536
+
+
+def rows_per_batch(net: nn.Module, probe: Tensor, device: torch.device) -> int:
+    """Rows per teacher batch sized by memory, not a fixed count: the net's largest activation per row (measured on
+    the probe rows by forward hooks) fills at most 64 MiB on the CPU (a 2-D CNN's first convs at 4096 rows were
+    hundreds of MB each, and faulting in those pages cost minutes of system time), a quarter of the free memory
+    on a GPU. A net whose layers cannot be hooked (TorchScript) gets 4096 rows."""
+    largest = [0]
+
+    def measure(module: nn.Module, args: tuple, output: object) -> None:
+        if isinstance(output, Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(measure) for m in net.modules() if not isinstance(m, torch.jit.ScriptModule)]
+    try:
+        net(probe.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not largest[0]:
+        return 4096
+    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else BATCH_BYTES_CPU
+    return int(np.clip(budget * len(probe) // (2 * largest[0]), 1, MAX_ROWS))  # 2: a layer's input and output
+
+
 @torch.no_grad()
-def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int = 4096, device: torch.device | str = "cpu",
-            out: np.ndarray | None = None) -> np.ndarray:
-    """The net's fp32 logits for `x` (a memory-mapped source is read a batch at a time), run on `device` in large
-    batches, written as they come into `out` (a memory map: its written pages are released as it fills) or into
-    one new array (no list of parts and a concatenated copy of it)."""
-    net, start = net.to(device), 0
+def _logits(net: nn.Module, x: Tensor | Standardised, batch_size: int | None = None,
+            device: torch.device | str = "cpu", out: np.ndarray | None = None) -> np.ndarray:
+    """The net's fp32 logits for `x` (a memory-mapped source is read a batch at a time), run on `device` in batches
+    sized by memory (rows_per_batch) unless `batch_size` is given, written as they come into `out` (a memory map:
+    its written pages are released as it fills) or into one new array (no list of parts and a concatenated copy)."""
+    net, start, device = net.to(device), 0, torch.device(device)
+    batch_size = batch_size or rows_per_batch(net, next(iter(x.split(8))), device)
     for part in x.split(batch_size):
         z = net(part.to(device, non_blocking=True)).float().cpu().numpy()
         if out is None:
