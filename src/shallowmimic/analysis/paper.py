@@ -178,13 +178,14 @@ def l2_vs_kd(table: Table) -> list[str]:
         l2, kd = stats.get("L2 on logits"), next((v for k, v in stats.items() if k.startswith("KD")), None)
         if l2 is None or kd is None or l2.mean is None or kd.mean is None:
             continue
-        gap, spread = abs(kd.mean - l2.mean), (l2.std or 0.0) + (kd.std or 0.0)
-        if gap == 0:
-            sentences.append(f"L2 vs KD at {net}: both {l2.text()} and {kd.text()}: a tie.")
+        sign = read.compare(kd, l2)
+        if sign == 0:
+            sentences.append(f"L2 vs KD at {net}: L2 {l2.text()}, KD {kd.text()}: no difference beyond the seeds' "
+                             "spread.")
             continue
-        ahead = "KD" if kd.mean > l2.mean else "L2"
-        sentences.append(f"L2 vs KD at {net}: L2 {l2.text()}, KD {kd.text()}; {ahead} is ahead by {gap:.1f} points, "
-                         + ("more" if gap > spread else "no more") + " than the seeds' spread.")
+        ahead = "KD" if sign > 0 else "L2"
+        sentences.append(f"L2 vs KD at {net}: L2 {l2.text()}, KD {kd.text()}; {ahead} is ahead by "
+                         f"{abs(kd.mean - l2.mean):.1f} points, more than the seeds' spread.")
     return sentences
 
 
@@ -218,17 +219,19 @@ def headline(groups: list[Group]) -> list[str]:
                      ("reproduced" if gap <= GAP else f"not reproduced (more than {GAP:g} points)") + ".")
     regularised = {g.params: g for g in series(REGULARISED)}
     pairs = [(m, regularised[m.params]) for m in mimics if m.params in regularised]
-    if pairs:
-        wins = sum(_acc(m) > _acc(b) for m, b in pairs)
-        found.append(f"At equal parameters the mimic beats the regularised baseline at {wins} of {len(pairs)} sizes ("
-                     + ", ".join(f"{m.net}: {_acc(m):.1f}% vs {_acc(b):.1f}%" for m, b in pairs) + "): "
+    if pairs:  # a win is a lead beyond the seeds' spread (read.compare)
+        wins = sum(read.compare(m.stat(TEST_ACC), b.stat(TEST_ACC)) > 0 for m, b in pairs)
+        found.append(f"At equal parameters the mimic beats the regularised baseline by more than the seeds' spread "
+                     f"at {wins} of {len(pairs)} sizes (" + ", ".join(
+                         f"{m.net}: {m.stat(TEST_ACC).text()} vs {b.stat(TEST_ACC).text()}" for m, b in pairs) + "): "
                      + ("reproduced" if wins == len(pairs) else "partly" if wins else "not reproduced") + ".")
     deep = [g for g in groups if g.series.startswith("DeepNet") and g.stat(TEST_ACC).mean is not None]
     matched = [(d, min(mimics, key=lambda m, d=d: abs(m.params - d.params))) for d in deep if mimics]
     matched = [(d, m) for d, m in matched if max(d.params, m.params) <= 1.5 * min(d.params, m.params)]
     if matched:  # "about its size": the nearest mimic within a factor 1.5 of the deep net's parameters
-        close = sum(_acc(m) >= _acc(d) - 1 for d, m in matched)
-        found.append(f"The mimic is within 1 point of, or above, the label-trained DeepNet of about its size at "
+        close = sum(read.compare(m.stat(TEST_ACC), d.stat(TEST_ACC)) >= 0 for d, m in matched)
+        found.append(f"The mimic is not below the label-trained DeepNet of about its size by more than the seeds' "
+                     f"spread at "
                      f"{close} of {len(matched)} sizes (" + ", ".join(
                          f"{d.series} {d.params:,}: {_acc(d):.1f}% vs mimic {m.params:,}: {_acc(m):.1f}%"
                          for d, m in matched) + "): "

@@ -64,6 +64,17 @@ class Stat:
         return f"{self.mean:.{self.digits}f}{spread}{self.unit}"
 
 
+def compare(a: Stat, b: Stat) -> int:
+    """The one rule every verdict of the report uses to claim a difference: +1 when `a` is above `b` by more than
+    the seeds' spread (their mean ± std intervals do not overlap), -1 when below, 0 when no difference was
+    measured (the intervals overlap, or a side has no mean or fewer than 2 seeds: there is no spread to weigh)."""
+    if a.mean is None or b.mean is None or a.std is None or b.std is None:
+        return 0
+    if a.mean - a.std > b.mean + b.std:
+        return 1
+    return -1 if a.mean + a.std < b.mean - b.std else 0
+
+
 @dataclass
 class Study:
     """The study's parent run and its FINISHED job runs; `by_id` also holds the sweep parents."""

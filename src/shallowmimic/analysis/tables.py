@@ -159,36 +159,37 @@ def bottleneck_table(client: MlflowClient, study: Study) -> Table:
     return table
 
 
-def _compare(ours: float | None, theirs: float | None, words: tuple[str, str, str], what: str, unit: str = "") -> str:
-    """'fewer epochs (4 vs 6)': `words` say less, more and equal."""
-    if ours is None or theirs is None:
-        return f"(unmeasured) {what}"
-    word = words[0] if ours < theirs else words[1] if ours > theirs else words[2]
-    return f"{word} {what} ({ours:.3g}{unit} vs {theirs:.3g}{unit})"
+def _compare(ours: Stat, theirs: Stat, words: tuple[str, str, str], what: str) -> tuple[str, int]:
+    """'fewer epochs (4.0 ± 0.1 vs 6.0 ± 0.2)', or 'as many epochs within the seeds' spread (...)' (read.compare);
+    `words` say less, more and the same. Returns the phrase and the direction."""
+    if ours.mean is None or theirs.mean is None:
+        return f"(unmeasured) {what}", 0
+    sign = read.compare(ours, theirs)
+    word = {-1: words[0], 1: words[1], 0: words[2]}[sign]
+    spread = " within the seeds' spread" if sign == 0 else ""
+    return f"{word} {what}{spread} ({ours.text()} vs {theirs.text()})", sign
 
 
 def bottleneck_verdicts(table: Table) -> list[str]:
-    """One sentence per optimizer and rank (did the factorised net get there sooner than the unfactorised one?),
-    then whether the paper's claim holds: the bottleneck speeds up SGD."""
+    """One sentence per optimizer and rank (did the factorised net get there sooner than the unfactorised one, by
+    more than the seeds' spread?), then whether the paper's claim holds: the bottleneck speeds up SGD."""
     rows = {(r["optimizer"], r["rank"]): r for r in table.rows}
     sentences, sgd = [], []
     for (optimizer, rank), row in rows.items():
         plain = rows.get((optimizer, "none"))
         if rank == "none" or plain is None:
             continue
-        # (factorised, unfactorised) means of each measure
-        in_epochs, in_time = [(row[k].mean, plain[k].mean) for k in ("epochs to 95%", "time to 95%")]
-        epochs = _compare(*in_epochs, ("fewer", "more", "as many"), "epochs")
-        seconds = _compare(*in_time, ("less", "more", "as much"), "wall time", " s")
-        fit, plain_fit = row["final val mse"].mean, plain["final val mse"].mean
+        epochs, fewer = _compare(row["epochs to 95%"], plain["epochs to 95%"], ("fewer", "more", "as many"), "epochs")
+        seconds, sooner = _compare(row["time to 95%"], plain["time to 95%"], ("less", "more", "as much"), "wall time")
+        fit, plain_fit = row["final val mse"], plain["final val mse"]
         # "95% of its own reduction" is relative: a net that plateaus higher gets there no better for it
-        worse_fit = None not in (fit, plain_fit) and fit > 1.1 * plain_fit
+        worse_fit = read.compare(fit, plain_fit) > 0
         sentences.append(f"With {optimizer}, the factorised net (k={rank}) reached 95% of its logit-MSE reduction "
                          f"in {epochs} and {seconds} than the unfactorised one"
-                         + (f", but it ends at a worse fit (validation logit-MSE {fit:.3g} vs {plain_fit:.3g})."
+                         + (f", but it ends at a worse fit (validation logit-MSE {fit.text()} vs {plain_fit.text()})."
                             if worse_fit else "."))
         if str(optimizer).lower() == "sgd":
-            sgd += [None not in pair and pair[0] < pair[1] for pair in (in_epochs, in_time)] + [not worse_fit]
+            sgd += [fewer < 0, sooner < 0, not worse_fit]
     if sgd:
         verdict = "reproduced" if all(sgd) else "partly" if any(sgd) else "not reproduced"
         sentences.append(f"The paper's claim that the bottleneck speeds up SGD: {verdict}.")
