@@ -16,7 +16,7 @@ from shallowmimic.analysis.report import main as report_main
 from shallowmimic.cache import folder_digest
 from shallowmimic.data import MNIST1DDataModule
 from shallowmimic.errors import UserError
-from shallowmimic.objectives import KDLoss, kd_loss, mimic_loss
+from shallowmimic.objectives import KDLoss, centred_mimic_loss, kd_loss, mimic_loss
 from shallowmimic.training.pipeline import build_objective, train
 from shallowmimic.training.system import System
 from shallowmimic.training.teachers import check_teacher, load_teacher, teacher_logits
@@ -62,6 +62,25 @@ def test_kd_at_high_temperature_matches_logits() -> None:
     assert kd_loss(s, {"z": z}, temperature=50.0).item() == pytest.approx(limit.item(), rel=1e-2)
 
 
+def test_kd_at_t20_and_centred_l2_give_nearly_equal_gradients() -> None:
+    # the logits need not be zero-mean: centring is what makes the two agree (T^2 KD's gradient -> centred's / C)
+    g = torch.Generator().manual_seed(0)
+    s, z = torch.randn(8, 10, generator=g) + 3.0, torch.randn(8, 10, generator=g) - 1.0
+    grads = []
+    for loss in (lambda v: kd_loss(v, {"z": z}, temperature=20.0), lambda v: centred_mimic_loss(v, {"z": z}) / 10):
+        v = s.clone().requires_grad_(True)
+        loss(v).backward()
+        grads.append(v.grad)
+    def off(a: torch.Tensor) -> float:
+        return ((a - grads[1]).norm() / grads[1].norm()).item()
+
+    assert off(grads[0]) < 0.05  # what is left shrinks as 1/T
+    assert off(torch.func.grad(lambda v: mimic_loss(v, {"z": z}) / 10)(s)) > 1  # raw L2 chases the rows' offsets
+    # a constant added to a row of the student's logits changes neither KD nor centred L2
+    assert centred_mimic_loss(s + torch.arange(8.0)[:, None], {"z": z}) == pytest.approx(
+        centred_mimic_loss(s, {"z": z}).item())
+
+
 def test_objective_configs_build_their_losses(make_cfg) -> None:
     kd = build_objective(make_cfg("objective=kd", "objective.temperature=2.0", "objective.label_weight=0.5").objective)
     s, z, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, -1, 2])
@@ -69,6 +88,8 @@ def test_objective_configs_build_their_losses(make_cfg) -> None:
     assert (kd.needs_logits, kd.monitor, kd.mode) == (True, "val/loss", "min")
     mimic = build_objective(make_cfg("objective=mimic").objective)
     assert mimic.loss(s, {"z": z}) == mimic_loss(s, {"z": z}) and mimic.needs_logits
+    centred = build_objective(make_cfg("objective=mimic_centred").objective)
+    assert centred.loss(s, {"z": z}) == centred_mimic_loss(s, {"z": z}) and centred.monitor == "val/loss"
     labels = build_objective(make_cfg("objective=labels").objective)
     assert labels.loss(s, {"y": torch.tensor([0, 1, 2, 2])}) == F.cross_entropy(s, torch.tensor([0, 1, 2, 2]))
     assert (labels.needs_logits, labels.monitor, labels.mode) == (False, "val/acc", "max")

@@ -1,4 +1,5 @@
-"""What a student learns from: the labels, the paper's L2 on the teacher's logits, or Hinton's distillation.
+"""What a student learns from: the labels, the paper's L2 on the teacher's logits (raw or per-sample centred), or
+Hinton's distillation.
 
 Each `conf/objective/*.yaml` instantiates one of these as its `loss` and says whether it needs the teacher's
 logits, and which validation metric picks the checkpoint.
@@ -24,6 +25,14 @@ def labels_loss(logits: Tensor, batch: Batch) -> Tensor:
 def mimic_loss(logits: Tensor, batch: Batch) -> Tensor:
     """The paper's L2 regression on the teacher's logits: 1/(2T) sum_t ||g(x_t) - z_t||^2."""
     return 0.5 * (logits - batch["z"]).pow(2).sum(1).mean()
+
+
+def centred_mimic_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """L2 on per-sample centred logits: 1/(2T) sum_t ||c(g(x_t)) - c(z_t)||^2, with c(v) = v - mean(v) over the
+    classes. Softmax ignores a constant added to a row, so this is what KD tends to as T grows (Hinton et al.'s
+    zero-mean condition): T^2 KD's gradient -> this one's / C."""
+    diff = logits.float() - batch["z"].float()
+    return 0.5 * (diff - diff.mean(1, keepdim=True)).pow(2).sum(1).mean()
 
 
 def kd_loss(logits: Tensor, batch: Batch, temperature: float = 4.0, label_weight: float = 0.0) -> Tensor:

@@ -226,9 +226,10 @@ def controls_table(study: Study) -> Table:
 
 
 def objective(run: Run) -> str:
-    """'L2 on logits' for a mimic, 'KD T=4.0' for kd."""
-    role = run.data.tags.get(ROLE)
-    return f"KD T={run.data.params.get('objective.temperature')}" if role == "kd" else "L2 on logits"
+    """'L2 on logits' for a mimic ('L2 on centred logits' for objective=mimic_centred), 'KD T=4.0' for kd."""
+    if run.data.tags.get(ROLE) == "kd":
+        return f"KD T={run.data.params.get('objective.temperature')}"
+    return "L2 on centred logits" if run.data.params.get("objective.name") == "mimic_centred" else "L2 on logits"
 
 
 def l2_vs_kd_table(study: Study) -> Table:

@@ -23,6 +23,7 @@ REPORT_HEADING = "### Report"  # the part of a sweep's description the report wr
 OBJECTIVES = {  # what each objective of conf/objective/ fits, in words
     "labels": "cross-entropy on the labels",
     "mimic": "L2 regression on the teacher's logits (Ba & Caruana's mimic)",
+    "mimic_centred": "L2 regression on the teacher's per-sample centred logits",
     "kd": "knowledge distillation (Hinton et al.) at T={temperature}",
 }
 
