@@ -14,12 +14,14 @@ from mlflow import MlflowClient
 
 from shallowmimic.analysis.report import main as report_main
 from shallowmimic.cache import folder_digest
+from shallowmimic.checks import build
 from shallowmimic.data import MNIST1DDataModule
 from shallowmimic.errors import UserError
-from shallowmimic.objectives import KDLoss, centred_mimic_loss, kd_loss, mimic_loss
+from shallowmimic.nets import Destandardised
+from shallowmimic.objectives import KDLoss, StandardisedMimicLoss, centred_mimic_loss, class_stats, kd_loss, mimic_loss
 from shallowmimic.training.pipeline import build_objective, train
 from shallowmimic.training.system import System
-from shallowmimic.training.teachers import check_teacher, load_teacher, teacher_logits
+from shallowmimic.training.teachers import check_teacher, ensemble_logits, load_teacher, teacher_logits
 
 from .conftest import TINY_SHALLOW, TINY_TEACHER, runs_of
 
@@ -125,6 +127,42 @@ def test_kd_student_end_to_end_and_in_the_report(make_cfg, client: MlflowClient,
     table = (outputs / "reports" / "mnist1d.md").read_text()
     assert table.count("| kd |") == 2 and "| w=32 T=4.0 |" in table and "| w=32 T=4.0 labels=0.5 |" in table
     assert (outputs / "reports" / "mnist1d_curves.png").exists()  # baseline vs kd at the same width
+
+
+def test_standardised_l2_learns_standardised_logits_and_reports_them_mapped_back() -> None:
+    z = torch.tensor([[10.0, 0.0, 1.0], [30.0, 2.0, 1.0], [20.0, 1.0, 1.0]])  # class 2 is constant: std 1, not 0
+    loss = StandardisedMimicLoss()
+    mean, std = loss.fit([z[:1].numpy(), z[1:].numpy()])  # the training rows, then the transfer rows
+    assert torch.allclose(mean, torch.tensor([20.0, 1.0, 1.0])) and torch.allclose(std, torch.tensor([
+        (200 / 3) ** 0.5, (2 / 3) ** 0.5, 1.0]))
+    torch.manual_seed(0)
+    inner = torch.nn.Linear(3, 3)
+    net, x = Destandardised(inner, mean, std), torch.randn(5, 3)
+    standardised = inner(x)  # what the net learns, in the teacher's per-class standard units
+    assert torch.allclose(net(x), standardised * std + mean)
+    # the loss is plain L2 between the inner outputs and the standardised targets
+    target = torch.randn(5, 3) * std + mean
+    assert loss(net(x), {"z": target}).item() == pytest.approx(
+        mimic_loss(standardised, {"z": (target - mean) / std}).item(), rel=1e-5)
+    # what argmax, agreement and the logged model see are the mapped-back outputs, which the per-class shift and
+    # scale can reorder: here class 0's large mean wins every row
+    assert (net(x).argmax(1) == 0).all() and not (standardised.argmax(1) == 0).all()
+
+
+def test_a_standardised_mimic_trains_behind_the_teachers_class_statistics(make_cfg, client: MlflowClient,
+                                                                          tmp_path: Path) -> None:
+    train(make_cfg(*TINY_TEACHER))
+    train(make_cfg("experiment=mimic", "objective=mimic_standardised", *TINY_SHALLOW))
+    teacher, student = sorted(runs_of(client), key=lambda r: r.data.tags["role"] != "teacher")
+    assert student.info.status == "FINISHED" and student.data.params["objective.name"] == "mimic_standardised"
+    state = torch.load(client.download_artifacts(student.info.run_id, "checkpoints/best.ckpt", str(tmp_path)),
+                       weights_only=True)["state_dict"]
+    cfg = make_cfg()
+    dm = build("data", cfg.data)
+    dm.setup()
+    logits, _ = ensemble_logits(client, [teacher], dm, Path(cfg.paths.cache) / "logits")  # the cached ones
+    mean, std = class_stats([logits["train"], logits["transfer"]])
+    assert torch.allclose(state["net.mean"], mean) and torch.allclose(state["net.std"], std)
 
 
 @pytest.fixture

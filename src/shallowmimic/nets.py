@@ -199,3 +199,20 @@ class RawInputs(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) raw inputs of any dtype -> (B, C) logits."""
         return self.net((x.float() - self.mean) / self.std)
+
+
+class Destandardised(nn.Module):
+    """A net that learns per-class standardised logits (objective=mimic_standardised), with its outputs mapped back
+    into the teacher's units by the teacher's per-class mean and std (buffers): argmax, agreement, the test metrics
+    and the logged model all see net(x) * std + mean."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *in_shape) -> (B, C) logits in the teacher's units."""
+        return self.net(x) * self.std + self.mean
+

@@ -1,5 +1,5 @@
-"""What a student learns from: the labels, the paper's L2 on the teacher's logits (raw or per-sample centred), or
-Hinton's distillation.
+"""What a student learns from: the labels, the paper's L2 on the teacher's logits (raw, per-class standardised or
+per-sample centred), or Hinton's distillation.
 
 Each `conf/objective/*.yaml` instantiates one of these as its `loss` and says whether it needs the teacher's
 logits, and which validation metric picks the checkpoint.
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -33,6 +35,39 @@ def centred_mimic_loss(logits: Tensor, batch: Batch) -> Tensor:
     zero-mean condition): T^2 KD's gradient -> this one's / C."""
     diff = logits.float() - batch["z"].float()
     return 0.5 * (diff - diff.mean(1, keepdim=True)).pow(2).sum(1).mean()
+
+
+def class_stats(parts: list[np.ndarray], rows: int = 65_536) -> tuple[Tensor, Tensor]:
+    """Per-class mean and std of logits over the rows of all `parts` (memory maps are read a block at a time),
+    in float64; a constant class's std is 1, not 0."""
+    total, sq, n = 0.0, 0.0, 0
+    for part in parts:
+        for start in range(0, len(part), rows):
+            block = np.asarray(part[start : start + rows], np.float64)
+            total, sq, n = total + block.sum(0), sq + (block**2).sum(0), n + len(block)
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(np.where(std > 0, std, 1.0)).float()
+
+
+class StandardisedMimicLoss:
+    """The paper's L2 on per-class standardised logits (its section 2.2): 1/(2T) sum ||(g(x) - z) / sigma||^2, sigma
+    the teacher's per-class std over the mimic's training rows. The student's net ends in nets.Destandardised, so
+    this is its inner net fitting (z - mu) / sigma while every metric sees logits in the teacher's units."""
+
+    def __init__(self) -> None:
+        self.std: Tensor | None = None  # the pipeline sets it once the teacher's logits are known (fit)
+
+    def fit(self, logits: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Learn the per-class mean and std of these logits; return them for the net's Destandardised."""
+        mean, self.std = class_stats(logits)
+        return mean, self.std
+
+    def __call__(self, logits: Tensor, batch: Batch) -> Tensor:
+        if self.std is None:
+            raise RuntimeError("StandardisedMimicLoss.fit was not called with the teacher's logits")
+        diff = (logits.float() - batch["z"].float()) / self.std.to(logits.device)
+        return 0.5 * diff.pow(2).sum(1).mean()
 
 
 def kd_loss(logits: Tensor, batch: Batch, temperature: float = 4.0, label_weight: float = 0.0) -> Tensor:

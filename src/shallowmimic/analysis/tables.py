@@ -226,10 +226,12 @@ def controls_table(study: Study) -> Table:
 
 
 def objective(run: Run) -> str:
-    """'L2 on logits' for a mimic ('L2 on centred logits' for objective=mimic_centred), 'KD T=4.0' for kd."""
+    """'L2 on logits' for a mimic ('L2 on centred logits', 'L2 on standardised logits' for its variants), 'KD T=4.0'
+    for kd."""
     if run.data.tags.get(ROLE) == "kd":
         return f"KD T={run.data.params.get('objective.temperature')}"
-    return "L2 on centred logits" if run.data.params.get("objective.name") == "mimic_centred" else "L2 on logits"
+    variant = run.data.params.get("objective.name", "mimic").removeprefix("mimic").removeprefix("_")
+    return f"L2 on {variant} logits" if variant else "L2 on logits"
 
 
 def l2_vs_kd_table(study: Study) -> Table:

@@ -24,6 +24,7 @@ OBJECTIVES = {  # what each objective of conf/objective/ fits, in words
     "labels": "cross-entropy on the labels",
     "mimic": "L2 regression on the teacher's logits (Ba & Caruana's mimic)",
     "mimic_centred": "L2 regression on the teacher's per-sample centred logits",
+    "mimic_standardised": "L2 regression on the teacher's per-class standardised logits",
     "kd": "knowledge distillation (Hinton et al.) at T={temperature}",
 }
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow import MlflowClient
@@ -18,8 +19,8 @@ from shallowmimic import settings
 from shallowmimic.checks import build, target
 from shallowmimic.data import ArrayDataModule
 from shallowmimic.errors import BadValue, UserError, redact
-from shallowmimic.nets import n_params
-from shallowmimic.objectives import Objective
+from shallowmimic.nets import Destandardised, n_params
+from shallowmimic.objectives import Objective, StandardisedMimicLoss
 from shallowmimic.tracking.datasets import log_datasets
 from shallowmimic.tracking.descriptions import run_tags, variant
 from shallowmimic.tracking.keys import REUSE_KEY, ROLE, SELECT_ON, STAGE, TEACHER_RUN_ID, VARIANT
@@ -78,7 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with run.closing():
         run.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), CONFIG)
         if teachers:
-            attach_teachers(run, client, teachers, dm, cfg)
+            net = standardised(objective, net, attach_teachers(run, client, teachers, dm, cfg))
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
 
@@ -149,7 +150,7 @@ def adopted_teacher(cfg: DictConfig, store: Store, dm: ArrayDataModule) -> Mlflo
 
 
 def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], dm: ArrayDataModule,
-                    cfg: DictConfig) -> None:
+                    cfg: DictConfig) -> dict[str, np.ndarray]:
     """Give the data the teachers' logits (their mean for an ensemble; rank 0 builds the cache, on the trainer's
     device, before Lightning starts the other ranks, which find it there); record where they came from and how good
     the targets are."""
@@ -161,6 +162,16 @@ def attach_teachers(run: Run, client: MlflowClient, teachers: list[MlflowRun], d
     # the accuracy of the targets themselves: what a perfect mimic would score (Figure 3's x axis)
     run.metrics({f"teacher/{s}_acc": (dm.splits[s]["z"].argmax(1) == dm.splits[s]["y"]).float().mean().item()
                  for s in ("val", "test")})
+    return logits
+
+
+def standardised(objective: Objective, net: torch.nn.Module, logits: dict[str, np.ndarray]) -> torch.nn.Module:
+    """objective=mimic_standardised: the net behind Destandardised with the per-class mean and std of the teacher's
+    logits over the mimic's training rows (training split and transfer set), its loss given that std. Otherwise the
+    net as it is."""
+    if not isinstance(objective.loss, StandardisedMimicLoss):
+        return net
+    return Destandardised(net, *objective.loss.fit([logits["train"], logits["transfer"]]))
 
 
 def lineage(cfg: DictConfig, teachers: list[MlflowRun]) -> dict[str, str]:
