@@ -84,14 +84,15 @@ def test_torchscript_and_a_plain_logged_module_teach_too(make_cfg, client: Mlflo
     assert all(t.data.metrics["test/acc"] == pytest.approx(expected) for t in teachers)
 
 
-def test_a_registered_name_teaches_by_its_latest_version_and_alias(make_cfg, client: MlflowClient,
-                                                                  store_uri: str) -> None:
+def test_a_registered_name_teaches_by_its_latest_version_and_alias(make_cfg, client: MlflowClient, store_uri: str,
+                                                                  tmp_path: Path) -> None:
     mlflow.set_tracking_uri(store_uri)
     mlflow.set_experiment("another-project")
     with mlflow.start_run():  # as the README's example does it
         mlflow.pytorch.log_model(RawNet().eval(), name="net", registered_model_name="their-mlp",
                                  input_example=np.zeros((2, 40), np.float32))
     client.set_registered_model_alias("their-mlp", "champion", "1")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")  # the job resolves the URI in its own store
     for source in ("models:/their-mlp/latest", "models:/their-mlp@champion"):
         train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.model={source}"))
     (teacher,) = [r for r in runs_of(client) if r.data.tags["role"] == "teacher"]  # one net, so one teacher run

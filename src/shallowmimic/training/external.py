@@ -29,7 +29,7 @@ from shallowmimic.errors import UserError
 from shallowmimic.tracking.keys import NOTE, ROLE, SELECT_ON, TEST_ACC, VARIANT
 from shallowmimic.tracking.registry import teacher_run_id
 from shallowmimic.tracking.search import get_run
-from shallowmimic.tracking.store import Store
+from shallowmimic.tracking.store import Store, using_store
 
 # the tags of an external teacher's run (NET: the teacher.net config a state dict's net is built from, as JSON)
 SOURCE, SHA, INPUTS, NET = "teacher.source", "teacher.sha256", "teacher.inputs", "teacher.net"
@@ -90,15 +90,16 @@ def load_script(path: str) -> nn.Module:
         return torch.jit.load(path, map_location="cpu")
 
 
-def load_source(source: str, net: dict | None = None) -> tuple[nn.Module, str]:
-    """The net a file or MLflow model URI holds (or, given `net`, the net that config builds with the weights of the
-    state dict at `source`), and its sha256; one line naming the key when it cannot be."""
+def load_source(client: MlflowClient, source: str, net: dict | None = None) -> tuple[nn.Module, str]:
+    """The net a file or MLflow model URI of the client's store holds (or, given `net`, the net that config builds
+    with the weights of the state dict at `source`), and its sha256; one line naming the key when it cannot be."""
     if net is not None:
         return load_state_dict(Path(source), net)
     key = f"teacher.model={source}"
     try:
         if source.startswith(("models:/", "runs:/")):
-            local = Path(mlflow.artifacts.download_artifacts(source))  # once: hashed, then loaded from here
+            with using_store(client):  # MLflow resolves a URI in the global store, which may be another one
+                local = Path(mlflow.artifacts.download_artifacts(source))  # once: hashed, then loaded from here
             return in_eval(mlflow.pytorch.load_model(str(local))), sha256_of(local)
         path = Path(source)
         if not path.is_file():
@@ -218,7 +219,7 @@ def teacher_run(store: Store, source: str, net_cfg: dict | None, inputs: str, da
                 dm: ArrayDataModule) -> Run:
     """The teacher run of an external net on this data: the one made before for the same net (sha256), inputs and
     splits, or a new one, with the net checked and its accuracy measured once."""
-    net, sha = load_source(source, net_cfg)
+    net, sha = load_source(store.client, source, net_cfg)
     split = data_params["data.split_sha256"]
     done = store.search(f"tags.`{SHA}` = '{sha}' and tags.`{INPUTS}` = '{inputs}' and "
                         f"params.`data.split_sha256` = '{split}' and attributes.status = 'FINISHED'",
@@ -241,10 +242,10 @@ def teacher_run(store: Store, source: str, net_cfg: dict | None, inputs: str, da
     return store.client.get_run(run_id)
 
 
-def load_external(run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
+def load_external(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[nn.Module, str]:
     """An external teacher run's net, fed our standardised inputs, and the digest its logits cache is keyed by."""
     source, sha, inputs = (run.data.tags[k] for k in (SOURCE, SHA, INPUTS))
-    net, now = load_source(source, json.loads(run.data.tags[NET]) if NET in run.data.tags else None)
+    net, now = load_source(client, source, json.loads(run.data.tags[NET]) if NET in run.data.tags else None)
     if now != sha:
         raise UserError(f"teacher.run_id={run.info.run_id}: its source {source} changed since it was measured "
                         f"(sha256 {now[:12]}, was {sha[:12]}); give it again as teacher.model= "

@@ -143,7 +143,7 @@ def load_teacher(client: MlflowClient, run: Run, dm: ArrayDataModule) -> tuple[n
     """The teacher's net in eval mode with its best weights, and the sha256 of those weights (an external teacher's:
     its net as its source holds it, fed our inputs as it saw them, and the sha256 of that source)."""
     if SOURCE in run.data.tags:
-        return load_external(run, dm)
+        return load_external(client, run, dm)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(client.download_artifacts(run.info.run_id, CHECKPOINT, tmp))
         cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, CONFIG, tmp))
