@@ -97,6 +97,8 @@ def test_a_registered_name_teaches_by_its_latest_version_and_alias(make_cfg, cli
         train(make_cfg("experiment=mimic", *TINY_SHALLOW, f"teacher.model={source}"))
     (teacher,) = [r for r in runs_of(client) if r.data.tags["role"] == "teacher"]  # one net, so one teacher run
     assert teacher.data.tags["teacher.source"] == "models:/their-mlp/latest"
+    assert teacher.data.tags["variant"] == "external their-mlp/latest"  # what `make run`'s table shows
+    assert teacher.data.params["n_params"] == str(sum(p.numel() for p in RawNet().parameters()))
     assert teacher.data.metrics["test/acc"] == pytest.approx(raw_accuracy(make_cfg, RawNet(), "test"))
     with pytest.raises(UserError, match=r"^teacher.model=models:/their-mlp/7: not in the registry"):
         train(make_cfg("experiment=mimic", *TINY_SHALLOW, "teacher.model=models:/their-mlp/7"))

@@ -226,15 +226,17 @@ def teacher_run(store: Store, source: str, net_cfg: dict | None, inputs: str, da
                         order_by=["attributes.start_time ASC"], max_results=1)
     if done:
         return done[0]
-    params = {"data.name": dm.name, "model.name": type(net).__name__, "teacher.inputs": inputs} | data_params
+    params = {"data.name": dm.name, "model.name": type(net).__name__, "teacher.inputs": inputs,
+              "n_params": str(sum(p.numel() for p in net.parameters()))} | data_params  # all frozen: count them all
     net = fed(net, dm, inputs)
     key = f"teacher.model={source}" if net_cfg is None else f"teacher.checkpoint={source}"
     probe(net, dm, key)
-    tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {Path(source).name}",
+    name = source.split(":/", 1)[1] if source.startswith(("models:/", "runs:/")) else Path(source).name
+    tags = {ROLE: "teacher", SOURCE: source, SHA: sha, INPUTS: inputs, VARIANT: f"external {name}",
             NOTE: f"**teacher** from `{source}` (sha256 `{sha[:12]}`), fed {inputs} inputs of **{dm.name}**: an "
                   "external net, measured once on this data's splits."}
     tags |= {NET: json.dumps(net_cfg, sort_keys=True)} if net_cfg is not None else {}
-    run_id = store.start_run(f"teacher external {Path(source).name}", tags, params)
+    run_id = store.start_run(f"teacher external {name}", tags, params)
     val, test = accuracy(net, dm, "val"), accuracy(net, dm, "test")
     for key, value in {SELECT_ON: val, "val/acc": val, TEST_ACC: test}.items():
         store.client.log_metric(run_id, key, value)
