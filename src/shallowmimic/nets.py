@@ -185,32 +185,30 @@ class CNN2D(nn.Module):
         return self.head(h.mean((2, 3)))  # global average pool
 
 
-class RawInputs(nn.Module):
-    """A trained net behind the standardisation it was trained with: takes inputs as the data files hold them (raw
-    pixels 0..255, raw features) and standardises each dimension with the training split's mean and std, held as
-    buffers, before the net sees them. This is the model a run logs: users hold raw data, not ours."""
+class Standardising(nn.Module):
+    """A net with a mean and std held as buffers (saved with its weights), which its subclasses apply."""
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", mean.detach().clone().float())
         self.register_buffer("std", std.detach().clone().float())
+
+
+class RawInputs(Standardising):
+    """A trained net behind the standardisation it was trained with: takes inputs as the data files hold them (raw
+    pixels 0..255, raw features) and standardises each dimension with the training split's mean and std, held as
+    buffers, before the net sees them. This is the model a run logs: users hold raw data, not ours."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) raw inputs of any dtype -> (B, C) logits."""
         return self.net((x.float() - self.mean) / self.std)
 
 
-class Destandardised(nn.Module):
+class Destandardised(Standardising):
     """A net that learns per-class standardised logits (objective=mimic_standardised), with its outputs mapped back
     into the teacher's units by the teacher's per-class mean and std (buffers): argmax, agreement, the test metrics
     and the logged model all see net(x) * std + mean."""
-
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", mean.detach().clone().float())
-        self.register_buffer("std", std.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> (B, C) logits in the teacher's units."""
