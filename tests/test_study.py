@@ -6,7 +6,9 @@ import pytest
 from mlflow import MlflowClient
 
 from shallowmimic.analysis import study as study_module
+from shallowmimic.analysis.figures import teacher_label
 from shallowmimic.analysis.study import fill, load_study, main, matched_hidden, stage_runs
+from shallowmimic.analysis.study_runs import load_study as read_study
 from shallowmimic.errors import UserError
 from shallowmimic.nets import DeepMLP, ShallowNet, n_params
 from shallowmimic.tracking.search import best_by_val
@@ -55,6 +57,9 @@ def test_a_given_teacher_stands_for_the_teachers_stage(outputs: Path, store_uri:
     mimics = stage_runs(client, run.info.run_id, "mimic")
     assert len(mimics) == 2 and {m.data.tags["teacher_run_id"] for m in mimics} == {teacher.data.tags["reused_from"]}
     assert (outputs / "reports" / "paper" / "report.md").stat().st_size > 0
+    # Figure 3's row for it names the given net, not a stage that never trained it
+    label = teacher_label(read_study(client, run.info.run_id), [teacher.data.tags["reused_from"]])
+    assert label == "given: external their.pt2"
 
 
 def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store_uri: str, client: MlflowClient,

@@ -40,6 +40,7 @@ from shallowmimic.tracking.keys import (  # noqa: E402
     TEST_AGREEMENT,
     TRAIN_ACC,
     VAL_ACC,
+    VARIANT,
 )
 from shallowmimic.tracking.search import history  # noqa: E402
 
@@ -164,6 +165,8 @@ def teacher_label(study: Study, ids: list[str]) -> str:
     run = study.by_id.get(ids[0]) if ids else None
     if run is None:
         return ids[0] if ids else "?"
+    if STAGE not in run.data.tags:  # a net given to the study (TEACHER=): no stage trained it
+        return f"given: {run.data.tags.get(VARIANT, run.info.run_name)}"
     epochs = metric(run, EPOCHS)
     trained = f" {epochs:.0f} epochs" if epochs is not None else ""
     return f"{run.data.tags.get(STAGE)} {net_label(run)}{trained} seed={seed(run)}"

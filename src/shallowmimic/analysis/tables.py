@@ -189,9 +189,10 @@ def bottleneck_verdicts(table: Table) -> list[str]:
                          + (f", but it ends at a worse fit (validation logit-MSE {fit.text()} vs {plain_fit.text()})."
                             if worse_fit else "."))
         if str(optimizer).lower() == "sgd":
-            sgd += [fewer < 0, sooner < 0, not worse_fit]
-    if sgd:
-        verdict = "reproduced" if all(sgd) else "partly" if any(sgd) else "not reproduced"
+            sgd.append((fewer < 0, sooner < 0, not worse_fit))
+    if sgd:  # a speed-up is the claim; the fit only qualifies one that was measured
+        faster = [f or s for f, s, _ in sgd]
+        verdict = "reproduced" if all(all(c) for c in sgd) else "partly" if any(faster) else "not reproduced"
         sentences.append(f"The paper's claim that the bottleneck speeds up SGD: {verdict}.")
     return sentences
 
