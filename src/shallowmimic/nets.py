@@ -213,4 +213,3 @@ class Destandardised(Standardising):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> (B, C) logits in the teacher's units."""
         return self.net(x) * self.std + self.mean
-

@@ -160,7 +160,7 @@ def teacher_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
-BATCH_BYTES_CPU = 64 << 20  # a CPU batch's largest activation this size stays in the caches and needs no new pages
+BATCH_BYTES_CPU = 64 << 20  # a CPU batch's largest activation: larger ones are fresh pages to fault in every batch
 MAX_ROWS = 65_536
 
 
