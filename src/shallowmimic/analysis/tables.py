@@ -160,8 +160,7 @@ def bottleneck_table(client: MlflowClient, study: Study) -> Table:
 
 
 def _compare(ours: Stat, theirs: Stat, words: tuple[str, str, str], what: str) -> tuple[str, int]:
-    """'fewer epochs (4.0 ± 0.1 vs 6.0 ± 0.2)', or 'as many epochs within the seeds' spread (...)' (read.compare);
-    `words` say less, more and the same. Returns the phrase and the direction."""
+    """'fewer epochs (4.0 ± 0.1 vs 6.0 ± 0.2)' or 'as many epochs within the seeds' spread (...)', and the sign."""
     if ours.mean is None or theirs.mean is None:
         return f"(unmeasured) {what}", 0
     sign = read.compare(ours, theirs)
@@ -227,8 +226,7 @@ def controls_table(study: Study) -> Table:
 
 
 def objective(run: Run) -> str:
-    """'L2 on logits' for a mimic ('L2 on centred logits', 'L2 on standardised logits' for its variants), 'KD T=4.0'
-    for kd."""
+    """'L2 on logits' for a mimic ('L2 on centred logits' for objective=mimic_centred, ...), 'KD T=4.0' for kd."""
     if run.data.tags.get(ROLE) == "kd":
         return f"KD T={run.data.params.get('objective.temperature')}"
     variant = run.data.params.get("objective.name", "mimic").removeprefix("mimic").removeprefix("_")

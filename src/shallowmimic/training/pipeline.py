@@ -60,7 +60,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)  # parallel sweep jobs share the cores instead of oversubscribing them
     L.seed_everything(cfg.seed, workers=True)
     dm, net = build_data_and_net(cfg)
-
     resume = Resume.load(cfg.resume, client) if cfg.resume else None
     if not objective.needs_logits and (adopted := adopted_teacher(cfg, store, dm)) is not None:
         return reuse(cfg, client, adopted, "given as the teacher, not trained")
