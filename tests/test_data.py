@@ -49,6 +49,17 @@ def test_transfer_set_is_new_unlabelled_data_on_the_train_scale(tmp_path: Path) 
     assert abs(t.mean().item()) < 0.2 and abs(t.std().item() - 1) < 0.2
 
 
+def test_max_rows_keeps_the_first_rows_of_every_split_and_of_the_transfer_set(tmp_path: Path) -> None:
+    full, capped = small_dm(tmp_path), small_dm(tmp_path, max_rows=40)
+    full.setup()
+    capped.setup()
+    for split in ("train", "val", "test"):
+        assert torch.equal(capped.splits[split]["y"], full.splits[split]["y"][:40]), split
+    assert capped.transfer_inputs().shape == (40, 40)
+    assert "max_rows" not in full.spec() and capped.spec()["max_rows"] == 40  # full-size keys stay as they were
+    assert capped.split_key() != full.split_key()  # a teacher of the capped splits does not fit the full ones
+
+
 def test_near_duplicates_of_test_points_are_dropped(tmp_path: Path) -> None:
     dm = small_dm(tmp_path)
     dm.setup()

@@ -456,6 +456,14 @@ def test_new_data_keys_are_checked(data_cfg, client: MlflowClient) -> None:
     assert not runs_of(client, "features") and not runs_of(client, "mnist1d")  # caught before any run starts
 
 
+def test_max_rows_caps_an_unlabelled_pool_too(tmp_path: Path) -> None:
+    np.savez(tmp_path / "f.npz", **features(x_unlabelled=30))
+    dm = FeaturesDataModule(name="f", path=str(tmp_path / "f.npz"), val_size=20, transfer="pool", max_rows=10,
+                            cache_dir=str(tmp_path / "cache"))
+    assert len(dm.transfer_inputs()) == 10
+    assert {k: len(v["y"]) for k, v in dm.splits.items()} == {"train": 10, "val": 10, "test": 10}
+
+
 def test_pool_near_copies_of_test_images_are_dropped(tmp_path: Path) -> None:
     arrays = images()
     pool = np.concatenate([RNG.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8), arrays["x_test"][:2]])

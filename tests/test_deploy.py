@@ -3,6 +3,7 @@ flavour, pyfunc and `mlflow models serve`."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,13 +111,20 @@ def test_mlflow_serves_the_champion_on_raw_rows(make_cfg, store_uri: str, client
     np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("key", ["optimizer._target_=torch.optim.Nope", "model._target_=shallowmimic.nets.Nope",
-                                 "data._target_=nope.Data", "trainer._target_=lightning.Nope"])
-def test_a_target_that_cannot_be_found_is_one_line_and_no_run(key: str, cli, client: MlflowClient) -> None:
-    proc = cli("experiment=baseline", *TINY_SHALLOW, key)
+def test_a_target_that_cannot_be_found_is_one_line_and_no_run(cli, client: MlflowClient) -> None:
+    proc = cli("experiment=baseline", *TINY_SHALLOW, "model._target_=shallowmimic.nets.Nope")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"error: {key.split('=')[0]}={key.split('=')[1]}: ")
+    assert line.startswith("error: model._target_=shallowmimic.nets.Nope: ")
+    assert runs_of(client) == []
+
+
+@pytest.mark.parametrize("key", ["optimizer._target_=torch.optim.Nope", "data._target_=nope.Data",
+                                 "trainer._target_=lightning.Nope"])
+def test_every_target_is_checked_before_any_run(key: str, make_cfg, client: MlflowClient) -> None:
+    # the command line's one line and exit status are the same for every key (the test above): in process here
+    with pytest.raises(UserError, match=f"^{re.escape(key)}: "):
+        train(make_cfg("experiment=baseline", *TINY_SHALLOW, key))
     assert runs_of(client) == []
 
 

@@ -106,8 +106,8 @@ def test_an_unusable_store_is_refused_in_one_line_before_any_work(cli, tmp_path:
                                                     "cannot create the folder /proc/nope (No such file or directory)")
 
 
-def test_a_damaged_store_is_refused_and_left_untouched(cli, store_uri: str, tmp_path: Path) -> None:
-    assert cli(*JOB, "trainer.max_epochs=1").returncode == 0  # a store with a run in it
+def test_a_damaged_store_is_refused_and_left_untouched(cli, make_cfg, store_uri: str, tmp_path: Path) -> None:
+    train(make_cfg(*JOB, "trainer.max_epochs=1"))  # a store with a run in it
     whole = Path(store_uri.removeprefix("sqlite:///"))
     for size, why in ((whole.stat().st_size // 2, "is a damaged SQLite database"), (0, "is an empty file")):
         damaged = tmp_path / f"cut{size}.db"

@@ -116,6 +116,7 @@ def build(s: FakeStudy) -> dict[str, list[str]]:
     weak = s.job("teacher_quality", "teacher", cnn(1), {"test/acc": 0.70, "val/best_acc": 0.71})
     searches(s)
     widths(s, ids["teachers"][0], ids)
+    figure2(s, ids["teachers"][0], ids)
     s.job("deep", "baseline", deep([14, 14]), {"test/acc": 0.73})
     s.job("deep", "baseline", deep([10, 10, 10, 10]), {"test/acc": 0.75})
     figure3(s, ids["teachers"], weak, ids)
@@ -147,29 +148,42 @@ def searches(s: FakeStudy) -> None:
 
 def widths(s: FakeStudy, teacher: str, ids: dict[str, list[str]]) -> None:
     """Plain and regularised baselines, mimics and kd students at widths 16 and 32, seeds 0 and 1."""
-    overfit = {"train/acc": curve([0.6, 0.8, 0.9, 0.97, 1.0]), "val/acc": curve([0.50, 0.60, 0.64, 0.62, 0.60])}
-    regular = {"train/acc": curve([0.5, 0.6, 0.7, 0.75, 0.8]), "val/acc": curve([0.5, 0.6, 0.66, 0.67, 0.68])}
-    learning = {"train/acc": curve([0.6, 0.8, 0.9, 0.92, 0.93]), "val/acc": curve([0.6, 0.8, 0.88, 0.9, 0.91])}
     lineage = {"teacher_run_id": teacher}
     for width in (16, 32):
         for seed in (0, 1):
-            first = width == 32 and seed == 0  # figure 2 reads the widest shared width's first seed
+            first = width == 32 and seed == 0  # early-stopped curves: Figure 2 draws the figure2 stage's instead
             ids.setdefault(f"plain{width}", []).append(s.job(  # a stage of their own: an alias of baselines
                 "baselines_plain", "baseline", shallow(width), {"test/acc": PLAIN[width][seed], "val/best_acc": 0.6,
                                                           "val/best_epoch": 4.0}, seed,
-                tags={"stop_reason": "max_epochs"}, histories=overfit if first else None))
+                tags={"stop_reason": "max_epochs"}, histories=LEARNING if first else None))
             ids.setdefault(f"reg{width}", []).append(s.job(
                 "baselines", "baseline", shallow(width, dropout=0.5), {"test/acc": REG[width][seed],
                                                                        "val/best_acc": 0.65}, seed,
-                histories=regular if first else None))
+                histories=LEARNING if first else None))
             ids.setdefault(f"mimic{width}", []).append(s.job(
                 "mimic", "mimic", shallow(width), {"test/acc": MIMIC[width][seed], "val/best_acc": 0.9,
                                                    "test/agreement": 0.95 + 0.02 * seed, "teacher/test_acc": 0.91},
-                seed, tags=lineage, histories=learning if first else None))
+                seed, tags=lineage, histories=LEARNING if first else None))
             if width in KD:
                 ids.setdefault(f"kd{width}", []).append(s.job(
                     "kd", "kd", shallow(width), {"test/acc": KD[width][seed], "val/best_acc": 0.9}, seed,
                     params={"objective.temperature": "2.0"}, tags=lineage))
+
+
+LEARNING = {"train/acc": curve([0.6, 0.8, 0.9, 0.92, 0.93]), "val/acc": curve([0.6, 0.8, 0.88, 0.9, 0.91])}
+
+
+def figure2(s: FakeStudy, teacher: str, ids: dict[str, list[str]]) -> None:
+    """Figure 2's runs at width 32, without early stopping: the plain baseline overfits, the others do not."""
+    overfit = {"train/acc": curve([0.6, 0.8, 0.9, 0.97, 1.0]), "val/acc": curve([0.50, 0.60, 0.64, 0.62, 0.60])}
+    regular = {"train/acc": curve([0.5, 0.6, 0.7, 0.75, 0.8]), "val/acc": curve([0.5, 0.6, 0.66, 0.67, 0.68])}
+    tags = {"stop_reason": "max_epochs"}
+    ids["figure2"] = [
+        s.job("figure2", "baseline", shallow(32), {"test/acc": 0.6}, tags=tags, histories=overfit),
+        s.job("figure2_regularised", "baseline", shallow(32, dropout=0.5), {"test/acc": 0.68}, tags=tags,
+              histories=regular),
+        s.job("figure2", "mimic", shallow(32), {"test/acc": 0.91}, tags=tags | {"teacher_run_id": teacher},
+              histories=LEARNING)]
 
 
 def figure3(s: FakeStudy, teachers: list[str], weak: str, ids: dict[str, list[str]]) -> None:
@@ -298,7 +312,8 @@ def test_figures_controls_cost(report: tuple) -> None:
     assert float(f3[2]["student test acc"]) == pytest.approx(84.0) and f3[2]["teacher"] == "ensemble of 3"
     f2 = {r["series"]: r for r in rows(files[1], "figure2")}
     assert float(f2["shallow labels (plain)"]["val drop from peak"]) == pytest.approx(4.0)
-    assert f2["mimic"]["run_ids"] == ids["mimic32"][0]
+    assert [f2[k]["run_ids"] for k in ("shallow labels (plain)", "shallow labels (regularised)", "mimic")] == \
+        ids["figure2"]  # the runs without early stopping, not the early-stopped ones at the same width
     controls = rows(files[1], "controls")
     # the mimic stage's runs at the controls' width join them: they are the default transfer set
     assert [(r["transfer set"], float(r["test acc"])) for r in controls] == [
@@ -334,12 +349,26 @@ def test_smaller_study_newest_by_default(report: tuple, tmp_path: Path) -> None:
     assert main(["--tracking-uri", first.uri, "--out", str(tmp_path / "out"), "--min-seconds", "0.01"]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert small.id in text and first.id not in text
-    assert "Missing: teacher_quality, baseline_search, baselines, deep, kd_search, kd, figure3, controls, " \
+    assert "Missing: teacher_quality, baseline_search, baselines, deep, kd_search, kd, figure2, figure3, controls, " \
            "bottleneck" in text
     assert "_Not in this study: stage `figure3` missing._" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figure1.png", "report.md", "results.csv"]
     assert [r["series"] for r in rows(tmp_path / "out" / "results.csv", "main")] == ["teacher", "mimic"]
     assert main(["--tracking-uri", first.uri, "--study", "nosuchrun", "--out", str(tmp_path / "none")]) == 1
+
+
+def test_a_study_without_the_figure2_stage_draws_early_stopped_curves_and_claims_nothing(
+        report: tuple, tmp_path: Path) -> None:
+    first, _, _ = report
+    old = FakeStudy(first.uri, tmp_path)  # made before the figure2 stage existed
+    teacher = old.job("teachers", "teacher", cnn(2), {"test/acc": 0.9, "val/best_acc": 0.9})
+    old.job("baselines", "baseline", shallow(16), {"test/acc": 0.6}, histories=LEARNING)
+    old.job("mimic", "mimic", shallow(16), {"test/acc": 0.8}, tags={"teacher_run_id": teacher}, histories=LEARNING)
+    files = write_report(old.client, old.id, tmp_path / "out", min_seconds=0.01)
+    text = files[0].read_text()
+    assert (tmp_path / "out" / "figure2.png").stat().st_size > 0  # drawn from the early-stopped runs
+    assert "Mimics do not overfit (Figure 2): not measured (early-stopped runs only)." in text
+    assert "These runs stopped early" in text and "points below its peak" not in text
 
 
 @pytest.mark.parametrize(("a", "b", "expected"), [

@@ -34,8 +34,8 @@ def test_an_unknown_teacher_model_is_one_line_naming_the_key(make_cfg, client: M
 
 
 def test_make_register_aliases_the_sweeps_best_on_validation_and_the_report_lands_on_its_parent(
-        cli, client: MlflowClient, store_uri: str, outputs: Path) -> None:
-    assert cli(*TINY_TEACHER).returncode == 0
+        cli, make_cfg, client: MlflowClient, store_uri: str, outputs: Path) -> None:
+    train(make_cfg(*TINY_TEACHER))  # the teacher in process: the command line under test is the student's
     proc = cli("-m", "experiment=mimic", "model.width=8,32")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert register_main(["--tracking-uri", store_uri]) == 0

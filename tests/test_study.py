@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from shallowmimic import conf_dir
 from shallowmimic.analysis import study as study_module
 from shallowmimic.analysis.figures import teacher_label
 from shallowmimic.analysis.study import fill, load_study, main, matched_hidden, stage_runs
@@ -46,7 +47,7 @@ def test_a_given_teacher_stands_for_the_teachers_stage(outputs: Path, store_uri:
     source = pt2(tmp_path / "their.pt2", RawNet())
     study = load_study("smoke")
     study.seeds, study.stages = "0", {k: study.stages[k] for k in ("teachers", "mimic")}  # two stages: seconds
-    monkeypatch.setattr(study_module, "load_study", lambda size: study)
+    monkeypatch.setattr(study_module, "load_study", lambda size, data: study)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     assert main(["--size", "smoke", "--teacher", source, f"paths.outputs={outputs}"]) == 0
     (run,) = client.search_runs([client.get_experiment_by_name("mnist1d").experiment_id], "tags.role = 'study'")
@@ -73,7 +74,7 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     assert study.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(study.info.run_id, "report")} >= {"report/report.md"}
     runs = {stage: stage_runs(client, study.info.run_id, stage)
-            for stage in ("teachers", "mimic", "kd_search", "kd", "baselines", "deep", "figure3")}
+            for stage in ("teachers", "mimic", "kd_search", "kd", "baselines", "deep", "figure2", "figure3")}
     assert all(runs.values()), [stage for stage, found in runs.items() if not found]
 
     # the students learn from the teacher chosen on validation, kd at the temperature chosen on validation
@@ -81,6 +82,12 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     assert {r.data.tags["teacher_run_id"] for r in runs["mimic"] + runs["kd"]} == {teacher}
     chosen_t = best_by_val(runs["kd_search"]).data.params["objective.temperature"]
     assert {r.data.params["objective.temperature"] for r in runs["kd"]} == {chosen_t}
+    # Figure 2: the plain baseline and the mimic, and the baseline regularised as chosen on validation
+    chosen = best_by_val(stage_runs(client, study.info.run_id, "baseline_search")).data.params
+    reg = (chosen["model.dropout"], chosen["optimizer.weight_decay"])
+    assert sorted((r.data.tags["role"], r.data.params["model.dropout"], r.data.params["optimizer.weight_decay"])
+                  for r in runs["figure2"]) == sorted([("baseline", "0.0", "0.0"), ("baseline", *reg),
+                                                       ("mimic", "0.0", "0.0")])
     # Figure 3: every teacher of both teacher stages, and their ensemble
     n_teachers = {len(r.data.tags["teacher_run_id"].split(",")) for r in runs["figure3"]}
     assert n_teachers == {1, len(runs["teachers"])}
@@ -94,3 +101,15 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     curves = text.split("### Learning curves")[1]  # Figure 2's table (Figure 1's has a plain row too)
     plain = next(line for line in curves.splitlines() if line.startswith("| shallow labels (plain) |"))
     assert any(r.data.tags.get("reused_from") for r in runs["baselines"]) and plain.split("|")[2].strip() != "-"
+
+
+def test_every_data_config_says_what_its_study_needs_and_an_unknown_one_is_refused() -> None:
+    data_sets = sorted(p.stem for p in (conf_dir() / "data").glob("*.yaml"))
+    teachers = {data: fill(load_study("smoke", data).stages.teachers, {}) for data in data_sets}
+    assert {"mnist1d", "digits", "fashion_mnist"} <= set(teachers)
+    assert "model=cnn1d" in teachers["mnist1d"] and "model=mlp_deep" in teachers["features"]
+    assert all("model=cnn2d" in teachers[data] for data in ("digits", "mnist", "fashion_mnist", "cifar10"))
+    assert "data.max_rows=400" in fill(load_study("smoke", "fashion_mnist").shrink, {})  # smoke shrinks any data
+    assert "data.max_rows=400" not in fill(load_study("full", "fashion_mnist").shrink, {})
+    with pytest.raises(UserError, match=r"^DATA=cifar9: no conf/study/data/cifar9.yaml .* like those of cifar10, "):
+        load_study("smoke", "cifar9")

@@ -6,6 +6,7 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
 from shallowmimic.analysis.report import group_runs, markdown, table
 from shallowmimic.analysis.report import main as report_main
+from shallowmimic.training.pipeline import train
 
 from .conftest import TINY_TEACHER, runs_of
 
@@ -18,8 +19,9 @@ def children(client: MlflowClient) -> tuple[object, list]:
     return parent, kids
 
 
-def test_width_rank_sweep_nests_under_one_parent_and_reports(cli, client: MlflowClient, outputs, store_uri) -> None:
-    assert cli(*TINY_TEACHER).returncode == 0
+def test_width_rank_sweep_nests_under_one_parent_and_reports(cli, make_cfg, client: MlflowClient, outputs,
+                                                             store_uri) -> None:
+    train(make_cfg(*TINY_TEACHER))  # the teacher in process: the command line under test is the student's
     proc = cli("-m", "experiment=mimic", "sweep=smoke")
     assert proc.returncode == 0, proc.stderr[-2000:]
     parent, kids = children(client)

@@ -33,6 +33,7 @@ from shallowmimic.analysis.study_runs import (  # noqa: E402
 )
 from shallowmimic.tracking.keys import (  # noqa: E402
     EPOCHS,
+    ROLE,
     STAGE,
     TEACHER_RUN_ID,
     TEACHER_TEST_ACC,
@@ -110,10 +111,12 @@ def _curve(client: MlflowClient, series: str, run_id: str, batch: int) -> Curve:
 
 def figure2_runs(study: Study) -> tuple[int, dict[str, str]] | None:
     """The widest width that the plain and regularised baselines and the mimic share (those of them the study has),
-    and each one's first-seed run id there; None without a mimic and a baseline at one width."""
-    candidates = {PLAIN: [r for r in study.stage("baselines") if is_plain(r)],
-                  REGULARISED: [r for r in study.stage("baselines") if not is_plain(r)],
-                  "mimic": study.stage("mimic")}
+    and each one's first-seed run id there; None without a mimic and a baseline at one width. The figure2 stage's
+    runs (no early stopping) when the study has them; an older study's early-stopped baselines and mimics if not."""
+    long = study.stage("figure2")
+    labels = [r for r in long if r.data.tags.get(ROLE) == "baseline"] if long else study.stage("baselines")
+    candidates = {PLAIN: [r for r in labels if is_plain(r)], REGULARISED: [r for r in labels if not is_plain(r)],
+                  "mimic": [r for r in long if r.data.tags.get(ROLE) == "mimic"] if long else study.stage("mimic")}
     candidates = {series: runs for series, runs in candidates.items() if runs}
     if "mimic" not in candidates or len(candidates) < 2:
         return None
@@ -141,8 +144,9 @@ def figure2(client: MlflowClient, study: Study, path: Path) -> tuple[int, list[C
         for points, style, split in ((curve.train, "--", "train"), (curve.val, "-", "val")):
             if points:
                 ax.plot(*zip(*points, strict=True), color=color, linestyle=style, label=f"{curve.series} {split}")
+    how = "no early stopping" if study.stage("figure2") else "early-stopped"
     finish(fig, ax, path, 7, xscale="log", xlabel="training examples seen", ylabel="accuracy (%)",
-           title=f"Figure 2: learning curves at width {width} (first seed)")
+           title=f"Figure 2: learning curves at width {width} (first seed, {how})")
     return width, curves
 
 

@@ -104,7 +104,7 @@ def figure1(ctx: Context) -> str:
 
 def figure2(ctx: Context) -> str:
     """Figure 2 and its numbers: do mimics overfit?"""
-    parts = ["## Figure 2: learning curves over examples seen\n", ctx.missing("baselines", "mimic")]
+    parts = ["## Figure 2: learning curves over examples seen\n", ctx.missing("figure2")]
     drawn = figures.figure2(ctx.client, ctx.study, ctx.out / "figure2.png")
     if drawn is None:
         parts.append("_No width common to the plain and regularised baselines and the mimic: no Figure 2._\n")
@@ -114,7 +114,11 @@ def figure2(ctx: Context) -> str:
     parts += ["![Figure 2](figure2.png)\n", ctx.table(table)]
     drops = {str(r["series"]): r["val drop from peak"] for r in table.rows}
     mimic, plain = [d.mean if isinstance(d, Stat) else None for d in (drops.get("mimic"), drops.get(PLAIN))]
-    if isinstance(mimic, float):
+    if not ctx.study.stage("figure2"):  # early stopping ends a run near its peak: no run can be seen to overfit
+        parts.append("These runs stopped early, so none can end far below its peak: they are no evidence either "
+                     "way. The `figure2` stage trains them without early stopping.\n")
+        ctx.verdicts.append("Mimics do not overfit (Figure 2): not measured (early-stopped runs only).")
+    elif isinstance(mimic, float):
         verdict = "reproduced" if mimic < 1 and (not isinstance(plain, float) or mimic <= plain) else "not reproduced"
         ctx.verdicts.append(f"Mimics do not overfit (Figure 2): the mimic's validation accuracy ends {mimic:.1f} "
                             f"points below its peak" + (f", the plain baseline's {plain:.1f}" if isinstance(

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 
 from shallowmimic import project_root
 from shallowmimic.analysis import figures
-from shallowmimic.analysis.study_runs import Group, group_by, seed
+from shallowmimic.analysis.study_runs import Group, group_by, markdown_table, seed
 from shallowmimic.errors import UserError
 from shallowmimic.settings import ROLES
 from shallowmimic.tracking.descriptions import publish_report
@@ -114,9 +114,7 @@ def plot_curves(client: MlflowClient, groups: list[Group], path: Path) -> bool:
 
 def markdown(rows: list[dict[str, str]]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,13 +39,18 @@ from shallowmimic.tracking.store import Store, open_store
 STUDIES = conf_dir() / "study"
 
 
-def load_study(size: str) -> DictConfig:
-    """conf/study/full.yaml, with the values of conf/study/<size>.yaml over it."""
+def load_study(size: str, data: str = "mnist1d") -> DictConfig:
+    """conf/study/full.yaml, then conf/study/data/<data>.yaml (what the study needs of this data set: its teacher
+    net, its weaker teachers, the bottleneck's inputs), then conf/study/<size>.yaml over both."""
     if not (STUDIES / f"{size}.yaml").is_file():
         sizes = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
         raise UserError(f"SIZE={size}: no conf/study/{size}.yaml; one of {sizes}")
-    full = OmegaConf.load(STUDIES / "full.yaml")
-    return full if size == "full" else OmegaConf.merge(full, OmegaConf.load(STUDIES / f"{size}.yaml"))
+    if not (STUDIES / "data" / f"{data}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in (STUDIES / "data").glob("*.yaml")))
+        raise UserError(f"DATA={data}: no conf/study/data/{data}.yaml to say which teacher net, weaker teachers and "
+                        f"bottleneck inputs its study uses; write one like those of {known}")
+    layers = ["full.yaml", f"data/{data}.yaml"] + ([f"{size}.yaml"] if size != "full" else [])
+    return OmegaConf.merge(*(OmegaConf.load(STUDIES / path) for path in layers))
 
 
 def stage_runs(client: MlflowClient, study_id: str, stage: str) -> list[MlflowRun]:
@@ -109,7 +115,7 @@ def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
         if missing:
             raise UserError(f"conf/study: `{override}` needs {', '.join(sorted(missing))}, which no earlier stage "
                             "chose")
-        out += override.format(**values).split(" ")
+        out += [part for part in override.format(**values).split(" ") if part]  # a field may also be empty
     return out
 
 
@@ -124,7 +130,10 @@ def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id:
     if args.jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={args.threads}"]
     print(f"== study stage {stage}: {' '.join(cmd[3:])}", flush=True)
-    if subprocess.run(cmd).returncode == 0:
+    start = time.monotonic()
+    done = subprocess.run(cmd).returncode == 0
+    print(f"== study stage {stage}: {time.monotonic() - start:.0f} s", flush=True)
+    if done:
         return True
     print(f"study stage {stage}: a job failed; its logs are under outputs/{where}/", file=sys.stderr)
     return False
@@ -135,11 +144,11 @@ def run_study(args: argparse.Namespace, study: DictConfig, store: Store, study_i
     the stages it finished."""
     client, values, failed = store.client, {}, []
     for stage, overrides in study.stages.items():
-        extra, shrink = study.extra.get(stage, []), [*study.shrink, *study.shrink_data.get(args.data, [])]
+        extra = study.extra.get(stage, [])
         if stage == "teachers" and args.teacher:  # the given net stands for the teachers this stage would train
             overrides, extra = ["experiment=teacher", f"teacher.model={args.teacher}"], []
         if not (args.study and finished(store, study_id, stage)):
-            if not launch(stage, fill([*study.common, *overrides, *extra, *shrink], values), args, study_id):
+            if not launch(stage, fill([*study.common, *overrides, *extra, *study.shrink], values), args, study_id):
                 failed.append(stage)  # the report uses the jobs that finished and counts them per row
         if not stage_runs(client, study_id, stage):
             raise UserError(f"study stage {stage}: no job finished; see outputs/studies/{study_id}/{stage}/")
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        study = load_study(args.size)
+        study = load_study(args.size, args.data)
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
         store = open_store(cfg.logger)
@@ -198,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         study_id = begin(args, store)
         with Run(client, study_id, Path(cfg.paths.outputs), resumed=False).closing():
             run_study(args, study, store, study_id)
-            files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper")
+            files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper",
+                                 study.latency_seconds)
         print("wrote " + ", ".join(str(f) for f in files))
         return 0
     except UserError as err:

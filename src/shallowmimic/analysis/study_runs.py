@@ -29,9 +29,10 @@ from shallowmimic.tracking.search import get_run, newest, search, teacher_ids
 
 # every stage the driver may run, in the order the report discusses them
 STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
-          "figure3", "controls", "bottleneck")
+          "figure2", "figure3", "controls", "bottleneck")
 # stages a driver may split off one of STAGES: read as part of it (baselines are told apart by their params)
-ALIASES = {"baselines_plain": "baselines", "controls_large": "controls", "bottleneck_sgd": "bottleneck"}
+ALIASES = {"baselines_plain": "baselines", "figure2_regularised": "figure2", "controls_large": "controls",
+           "bottleneck_sgd": "bottleneck"}
 PLAIN, REGULARISED = "shallow labels (plain)", "shallow labels (regularised)"
 SERIES = ("teacher", "ensemble", PLAIN, REGULARISED, "DeepNet 2 layers", "DeepNet 3 layers", "DeepNet 4 layers",
           "mimic", "kd")
@@ -73,6 +74,12 @@ def compare(a: Stat, b: Stat) -> int:
     if a.mean - a.std > b.mean + b.std:
         return 1
     return -1 if a.mean + a.std < b.mean - b.std else 0
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """Cells as a Markdown table under its header: the one writer of the study's and the sweep's tables."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 @dataclass

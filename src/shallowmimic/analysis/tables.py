@@ -59,9 +59,8 @@ def text(cell: Cell) -> str:
 
 def markdown(table: Table) -> str:
     """The table as a Markdown table, its note below."""
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(text(row.get(c)) for c in table.columns) + " |" for row in table.rows]
-    return "\n".join(lines + ([f"\n{table.note}"] if table.note else []))
+    cells = [[text(row.get(c)) for c in table.columns] for row in table.rows]
+    return read.markdown_table(table.columns, cells) + (f"\n\n{table.note}" if table.note else "")
 
 
 def convergence(flags: list[bool]) -> str:

@@ -86,7 +86,7 @@ class MNIST1DDataModule(ArrayDataModule):
                 "train_split": self.train_split, "seed": self.seed, "val_size": self.val_size,
                 "transfer_size": self.transfer_size, "transfer_seed": self.transfer_seed, "dup_tol": self.dup_tol}
         # the default transfer set is left out of the key, so the caches keyed before `transfer` existed still match
-        return spec if self.transfer == "generated" else spec | {"transfer": self.transfer}
+        return (spec if self.transfer == "generated" else spec | {"transfer": self.transfer}) | self.cap()
 
     def _cache_path(self, num_samples: int, seed: int) -> Path:
         key = spec_key({"generator": f"mnist1d=={version('mnist1d')}", "num_samples": num_samples, "seed": seed})

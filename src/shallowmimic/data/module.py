@@ -34,9 +34,11 @@ class ArrayDataModule(L.LightningDataModule):
                  val_size: int = 5000, split_seed: int = 0, transfer: str = "train", transfer_size: int = 0,
                  transfer_seed: int = 1, pool_dir: str | None = None, augment_pad: int = 4, augment_flip: bool = False,
                  dup_tol: float | None = None, std_floor: float = 0.1, batch_size: int = 256,
-                 eval_batch_size: int = 2048, shuffle_seed: int = 0, cache_dir: str = "outputs/cache/data") -> None:
+                 eval_batch_size: int = 2048, shuffle_seed: int = 0, cache_dir: str = "outputs/cache/data",
+                 max_rows: int | None = None) -> None:
         super().__init__()
         checks.integer("num_classes", num_classes, minimum=2, optional=True)
+        checks.integer("max_rows", max_rows, optional=True)
         for key, value in (("val_size", val_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             checks.integer(key, value)
         for key, value in (("split_seed", split_seed), ("transfer_size", transfer_size),
@@ -49,7 +51,10 @@ class ArrayDataModule(L.LightningDataModule):
         checks.number("std_floor", std_floor, 0)
         self.name, self.arrays, self.num_classes = name, arrays, num_classes
         self.val_size, self.split_seed, self.std_floor = val_size, split_seed, std_floor
-        self.transfer, self.transfer_size, self.transfer_seed = transfer, transfer_size, transfer_seed
+        # max_rows: the first rows of every split and of the transfer set alone (a study's quick smoke size)
+        self.max_rows = max_rows
+        self.transfer_size = transfer_size if max_rows is None else min(transfer_size, max_rows)
+        self.transfer, self.transfer_seed = transfer, transfer_seed
         self.pool_dir, self.augment_pad, self.augment_flip = pool_dir, augment_pad, augment_flip
         self.dup_tol, self.batch_size, self.eval_batch_size = dup_tol, batch_size, eval_batch_size
         self.shuffle_seed, self.cache_dir = shuffle_seed, Path(cache_dir)
@@ -97,7 +102,7 @@ class ArrayDataModule(L.LightningDataModule):
         """
         if self.splits:
             return
-        raw = self.raw_splits()
+        raw = {k: (x[: self.max_rows], y[: self.max_rows]) for k, (x, y) in self.raw_splits().items()}
         x_fit = as_tensor(raw["train"][0]).float()
         self.in_shape, self.raw_dtype = tuple(x_fit.shape[1:]), raw["train"][0].dtype
         std = x_fit.std(0)
@@ -121,13 +126,18 @@ class ArrayDataModule(L.LightningDataModule):
                 "augment_flip": self.augment_flip, "dup_tol": self.dup_tol}
         if self.transfer == "pool" and self.pool_dir is not None:
             spec["pool"] = transfers.pool_key(self.pool_dir)
-        return spec
+        return spec | self.cap()
+
+    def cap(self) -> dict:
+        """`max_rows` as spec() holds it: absent when every row is used, so the keys of full-size data stay as
+        they were."""
+        return {} if self.max_rows is None else {"max_rows": self.max_rows}
 
     def split_key(self) -> str:
         """A hash of what defines the train/validation/test splits (not the transfer set): a teacher and its
         student must agree on it, or the teacher may have trained on the student's validation or test points."""
         spec = self.spec()
-        return spec_key({k: spec[k] for k in self.split_keys})
+        return spec_key({k: spec[k] for k in (*self.split_keys, "max_rows") if k in spec})
 
     def generate_transfer(self) -> np.ndarray:
         raise NotImplementedError("raw generated transfer inputs: only data sets with a generator have them")

@@ -42,6 +42,7 @@ class Source(Protocol):
     transfers: tuple[str, ...]
     transfer_size: int
     transfer_seed: int
+    max_rows: int | None
     pool_dir: str | None
     augment_pad: int
     augment_flip: bool
@@ -133,6 +134,7 @@ def build(dm: Source) -> tuple[dict[str, Tensor | Standardised], int]:
     unseen)."""
     empty = dm.transfer != "pool" and dm.transfer_size == 0
     raw, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
+    raw, y = raw[: dm.max_rows], None if y is None else y[: dm.max_rows]  # a pool has no transfer_size to cap
     # a memory-mapped pool (data.path a folder of .npy files, or a large .npz member) stays on disk, standardised a
     # batch at a time
     x = Standardised(raw, dm.mean, dm.std) if isinstance(raw, np.memmap) else dm.standardise(raw)
