@@ -134,7 +134,8 @@ def build(dm: Source) -> tuple[dict[str, Tensor | Standardised], int]:
     unseen)."""
     empty = dm.transfer != "pool" and dm.transfer_size == 0
     raw, y = (from_train if empty else TRANSFERS[dm.transfer])(dm)
-    raw, y = raw[: dm.max_rows], None if y is None else y[: dm.max_rows]  # a pool has no transfer_size to cap
+    if dm.max_rows is not None:  # a pool has no transfer_size to cap (and a whole memory map keeps its pread path)
+        raw, y = raw[: dm.max_rows], None if y is None else y[: dm.max_rows]
     # a memory-mapped pool (data.path a folder of .npy files, or a large .npz member) stays on disk, standardised a
     # batch at a time
     x = Standardised(raw, dm.mean, dm.std) if isinstance(raw, np.memmap) else dm.standardise(raw)
