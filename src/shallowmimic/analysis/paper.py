@@ -115,14 +115,13 @@ def figure2(ctx: Context) -> str:
     drops = {str(r["series"]): r["val drop from peak"] for r in table.rows}
     mimic, plain = [d.mean if isinstance(d, Stat) else None for d in (drops.get("mimic"), drops.get(PLAIN))]
     if not ctx.study.stage("figure2"):  # early stopping ends a run near its peak: no run can be seen to overfit
-        parts.append("These runs stopped early, so none can end far below its peak: they are no evidence either "
-                     "way. The `figure2` stage trains them without early stopping.\n")
+        parts.append("These runs stopped early, so none can end far below its peak: no evidence either way.\n")
         ctx.verdicts.append("Mimics do not overfit (Figure 2): not measured (early-stopped runs only).")
     elif isinstance(mimic, float):
-        verdict = "reproduced" if mimic < 1 and (not isinstance(plain, float) or mimic <= plain) else "not reproduced"
+        beside = f", the plain baseline's {plain:.1f}" if isinstance(plain, float) else ""
+        verdict = "reproduced" if mimic < 1 and (not beside or mimic <= plain) else "not reproduced"
         ctx.verdicts.append(f"Mimics do not overfit (Figure 2): the mimic's validation accuracy ends {mimic:.1f} "
-                            f"points below its peak" + (f", the plain baseline's {plain:.1f}" if isinstance(
-                                plain, float) else "") + f": {verdict}.")
+                            f"points below its peak{beside}: {verdict}.")
     return "\n".join(p for p in parts if p)
 
 
@@ -282,13 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=0.5, help="least time per latency measurement")
     args = parser.parse_args(argv)
     client = MlflowClient(args.tracking_uri)
-    study_id = args.study
-    if study_id is None:
-        newest = read.newest_study(client)
-        if newest is None:
-            print("error: no study run (tag role=study) in the store; run `make paper` first", file=sys.stderr)
-            return 1
-        study_id = newest.info.run_id
+    newest = None if args.study else read.newest_study(client)
+    if not (args.study or newest):
+        print("error: no study run (tag role=study) in the store; run `make paper` first", file=sys.stderr)
+        return 1
+    study_id = args.study or newest.info.run_id
     try:
         files = write_report(client, study_id, args.out, args.min_seconds)
     except MlflowException as error:  # e.g. --study names no run: say so, not a traceback
