@@ -24,7 +24,8 @@ from shallowmimic.nets import CNN1D, DeepMLP, ShallowNet, n_params
 COSTED = ("teachers", "baselines", "baselines_plain", "deep", "mimic", "kd", "bottleneck")
 SHAPE = "40"  # MNIST-1D's input, as runs log data.in_shape
 BASE_PARAMS = {"data.in_shape": SHAPE, "data.num_classes": "10", "data.global_batch_size": "32", "data.name": "mnist1d",
-              "optimizer.name": "Adam", "optimizer.weight_decay": "0.0", "model.dropout": "0.0", "model.rank": "None",
+              "optimizer.name": "Adam", "optimizer.lr": "0.001", "optimizer.weight_decay": "0.0",
+              "model.dropout": "0.0", "model.rank": "None",
               "data.transfer": "generated", "data.transfer_size": "400", "data.n_train_rows": "3900"}
 
 
@@ -102,8 +103,10 @@ REG = {16: [0.66, 0.70], 32: [0.68, 0.70]}
 MIMIC = {16: [0.85, 0.87], 32: [0.91, 0.93]}
 KD = {32: [0.90, 0.94]}  # kd at one width: the one L2 vs KD compares
 TEACHERS = [0.91, 0.93, 0.95]
-# bottleneck: (optimizer, rank) -> val/logit_mse per epoch; 95% of the reduction after 6, 4, 2 and 4 epochs
+# bottleneck: (optimizer, rank) -> val/logit_mse per epoch; the unfactorised net's 95% level (1.45) after 6, 4, 2
+# and 4 epochs; rank 2 plateaus above it (95% of its own reduction would come after 3 epochs)
 MSE = {("SGD", None): [10, 8, 6, 4, 2, 1], ("SGD", 4): [10, 3, 1.5, 1.2, 1.1, 1.0],
+       ("SGD", 2): [10, 2, 1.6, 1.5, 1.5, 1.5],
        ("Adam", None): [10, 1.2, 1.1, 1.0, 1.0, 1.0], ("Adam", 4): [10, 6, 3, 1.4, 1.1, 1.0]}
 FIT_S = [12.0, 18.0]  # per seed; 6 epochs each
 
@@ -136,14 +139,18 @@ def build(s: FakeStudy) -> dict[str, list[str]]:
 
 
 def searches(s: FakeStudy) -> None:
-    """Both searches, each with its best validation score on one setting and its best test score on another."""
-    for (drop, wd), (val, test) in {("0.0", "0.0"): (0.60, 0.61), ("0.5", "0.0"): (0.70, 0.62),
-                                    ("0.0", "0.0001"): (0.65, 0.63), ("0.5", "0.0001"): (0.66, 0.75)}.items():
-        s.job("baseline_search", "baseline", shallow(16, dropout=float(drop)), {"test/acc": test, "val/best_acc": val},
-              params={"optimizer.weight_decay": wd})
-    for temperature, (val, test) in {"2.0": (0.86, 0.84), "4.0": (0.82, 0.95)}.items():
-        s.job("kd_search", "kd", shallow(16), {"test/acc": test, "val/best_acc": val},
+    """The tuning at width 16, each family with its best validation score on one setting and its best test score
+    on another; L2's variants and KD's temperatures beside each other."""
+    for (lr, drop), (val, test) in {("0.001", "0.0"): (0.60, 0.61), ("0.001", "0.5"): (0.70, 0.62),
+                                    ("0.01", "0.0"): (0.65, 0.63), ("0.01", "0.5"): (0.66, 0.75)}.items():
+        s.job("tune_labels", "baseline", shallow(16, dropout=float(drop)), {"test/acc": test, "val/best_acc": val},
+              params={"optimizer.lr": lr})
+    for temperature, (val, test) in {"2.0": (0.86, 0.84), "4.0": (0.82, 0.95), "20.0": (0.80, 0.90)}.items():
+        s.job("tune_kd", "kd", shallow(16), {"test/acc": test, "val/best_acc": val},
               params={"objective.temperature": temperature})
+    for name, val in {"mimic": 0.84, "mimic_centred": 0.81}.items():
+        s.job("tune_l2", "mimic", shallow(16), {"test/acc": 0.8, "val/best_acc": val}, params={"objective.name": name})
+    s.job("tune_deep", "baseline", deep([14, 14]), {"test/acc": 0.7, "val/best_acc": 0.7})
 
 
 def widths(s: FakeStudy, teacher: str, ids: dict[str, list[str]]) -> None:
@@ -251,39 +258,43 @@ def test_main_table_numbers(report: tuple) -> None:
     _, ids, files = report
     main = {(r["series"], int(r["params"])): r for r in rows(files[1], "main")}
     width = {w: 51 * w + 10 for w in (16, 32)}  # 40 inputs, 10 classes
-    for series, accs, key in (("mimic", MIMIC, "mimic"), ("shallow labels (plain)", PLAIN, "plain"),
-                              ("shallow labels (regularised) dropout=0.5 wd=0.0", REG, "reg"), ("kd T=2.0", KD, "kd")):
+    for series, accs, key in (("mimic lr=0.001", MIMIC, "mimic"), ("shallow labels (plain)", PLAIN, "plain"),
+                              ("shallow labels (tuned) lr=0.001 dropout=0.5", REG, "reg"),
+                              ("kd lr=0.001 T=2.0", KD, "kd")):
         for w, values in accs.items():
             row = main[(series, width[w])]
             mean, std = pct(values)
             assert float(row["test acc"]) == pytest.approx(mean, abs=1e-3)
             assert float(row["test acc std"]) == pytest.approx(std, abs=1e-3)
             assert row["seeds"] == "2" and row["run_ids"].split() == ids[f"{key}{w}"]
-    assert main[("mimic", width[32])]["agreement"] == "96.0"
+    assert main[("mimic lr=0.001", width[32])]["agreement"] == "96.0"
     assert main[("shallow labels (plain)", width[16])]["converged"] == "0/2 (lower bound)"
-    assert main[("mimic", width[16])]["converged"] == "2/2"
+    assert main[("mimic lr=0.001", width[16])]["converged"] == "2/2"
     teacher = next(r for r in main.values() if r["series"] == "teacher")
     assert (float(teacher["test acc"]), float(teacher["test acc std"])) == pytest.approx(pct(TEACHERS))
     ensemble = next(r for r in main.values() if r["series"].startswith("ensemble"))
     assert float(ensemble["test acc"]) == pytest.approx(95.0) and ensemble["test acc std"] == ""
     assert ensemble["run_ids"].split() == ids["teachers"]
-    assert {r["series"] for r in main.values()} >= {"DeepNet 2 layers", "DeepNet 4 layers"}
+    assert {r["series"] for r in main.values()} >= {"DeepNet 2 layers lr=0.001", "DeepNet 4 layers lr=0.001"}
     assert all(i not in open(files[1]).read() for i in ids["ignored"])
 
 
 def test_choices_on_validation(report: tuple) -> None:
-    """The regularised baseline's setting and KD's temperature are those with the best validation accuracy."""
+    """Each family's choice is its best validation accuracy, not its best test; the T ladder sits beside L2."""
     _, _, files = report
-    chosen = [r["setting"] for r in rows(files[1], "baseline_search") if r["chosen"] == "yes"]
-    assert chosen == ["dropout=0.5 wd=0.0"]  # best val/best_acc (0.70), not best test (0.75)
-    assert [r["setting"] for r in rows(files[1], "kd_search") if r["chosen"] == "yes"] == ["T=2.0"]
-    text = files[0].read_text()
-    assert "Chosen on validation only: dropout=0.5 wd=0.0" in text and "Chosen on validation only: T=2.0" in text
-    assert "not this choice" not in text  # the later stages used the chosen settings
+    tuning = {r["family"]: r for r in rows(files[1], "tuning")}
+    assert tuning["labels"]["chosen"] == "lr=0.001 dropout=0.5"  # best val/best_acc (0.70), not best test (0.75)
+    assert tuning["KD"]["chosen"] == "lr=0.001 T=2.0" and tuning["KD"]["trials"] == "3"
+    assert float(tuning["labels"]["after all"]) == pytest.approx(70.0)
+    variants = {r["objective"]: float(r["val acc"]) for r in rows(files[1], "variants")}
+    assert variants == pytest.approx({"L2 raw": 84.0, "L2 centred": 81.0, "KD T=2.0": 86.0, "KD T=4.0": 82.0,
+                                      "KD T=20.0": 80.0})
+    assert "At w=16, KD at T=20 reaches 80.0% on validation and L2 on centred logits 81.0% (-1.0 points" in \
+        files[0].read_text()
 
 
 def test_bottleneck(report: tuple) -> None:
-    """Epochs and seconds to 95% of the logit-MSE reduction, and the computed comparison per optimizer."""
+    """Epochs and seconds to the unfactorised net's 95% level, one bar for every rank, and the verdicts."""
     _, _, files = report
     table = {(r["optimizer"], r["rank"]): r for r in rows(files[1], "bottleneck")}
     epochs = {("SGD", "none"): 6, ("SGD", "4"): 4, ("Adam", "none"): 2, ("Adam", "4"): 4}
@@ -294,11 +305,17 @@ def test_bottleneck(report: tuple) -> None:
         assert float(row["time to 95%"]) == pytest.approx(statistics.fmean(times))
         assert float(row["time to 95% std"]) == pytest.approx(statistics.stdev(times), abs=1e-3)
         assert float(row["final val mse"]) == pytest.approx(1.0) and row["reached"] == "2/2"
+    assert table[("SGD", "2")]["reached"] == "0/2" and table[("SGD", "2")]["epochs to 95%"] == ""
+    # by optimizer, then rank, the unfactorised net last
+    assert [r["rank"] for r in rows(files[1], "bottleneck")] == ["4", "none", "2", "4", "none"]
     text = files[0].read_text()
+    assert "SGD's 95% level: validation logit-MSE 1.45." in text
+    assert "With SGD, the factorised net (k=2) never reached the unfactorised net's 95% level; it ends at " \
+           "validation logit-MSE 1.5000 ± 0.0000 vs 1.0000 ± 0.0000." in text
     # the seconds' spread over seeds (FIT_S) hides SGD's lead in wall time but not Adam's lag
-    assert "With SGD, the factorised net (k=4) reached 95% of its logit-MSE reduction in fewer epochs (4.0 ± 0.0 " \
+    assert "With SGD, the factorised net (k=4) reached the unfactorised net's 95% level in fewer epochs (4.0 ± 0.0 " \
            "vs 6.0 ± 0.0) and as much wall time within the seeds' spread (10.00 ± 2.83 s vs 15.00 ± 4.24 s) " in text
-    assert "With Adam, the factorised net (k=4) reached 95% of its logit-MSE reduction in more epochs (4.0 ± 0.0 " \
+    assert "With Adam, the factorised net (k=4) reached the unfactorised net's 95% level in more epochs (4.0 ± 0.0 " \
            "vs 2.0 ± 0.0) and more wall time (10.00 ± 2.83 s vs 5.00 ± 1.41 s)" in text
     assert "The paper's claim that the bottleneck speeds up SGD: partly." in text
 
@@ -312,7 +329,7 @@ def test_figures_controls_cost(report: tuple) -> None:
     assert float(f3[2]["student test acc"]) == pytest.approx(84.0) and f3[2]["teacher"] == "ensemble of 3"
     f2 = {r["series"]: r for r in rows(files[1], "figure2")}
     assert float(f2["shallow labels (plain)"]["val drop from peak"]) == pytest.approx(4.0)
-    assert [f2[k]["run_ids"] for k in ("shallow labels (plain)", "shallow labels (regularised)", "mimic")] == \
+    assert [f2[k]["run_ids"] for k in ("shallow labels (plain)", "shallow labels (tuned)", "mimic")] == \
         ids["figure2"]  # the runs without early stopping, not the early-stopped ones at the same width
     controls = rows(files[1], "controls")
     # the mimic stage's runs at the controls' width join them: they are the default transfer set
@@ -322,9 +339,9 @@ def test_figures_controls_cost(report: tuple) -> None:
     cost = {r["series"]: r for r in rows(files[1], "cost")}
     assert int(cost["teacher"]["FLOPs"]) == flops_per_sample(CNN1D(40, 10, channels=4, depth=2), (40,))
     assert cost["teacher"]["run_ids"] == ids["teachers"][0]  # the one the mimics learned from
-    assert float(cost["teacher"]["latency b=1 (us)"]) > 0 and float(cost["mimic"]["latency b=1024 (us)"]) > 0
-    assert {"bottleneck rank=None", "bottleneck rank=4", "DeepNet 4 layers"} <= set(cost)
-    assert len(rows(files[1], "cost")) == 12 and "No config.yaml" not in files[0].read_text()  # 1 + 9 + 2 nets
+    assert float(cost["teacher"]["latency b=1 (us)"]) > 0 and float(cost["mimic lr=0.001"]["latency b=1024 (us)"]) > 0
+    assert {"bottleneck rank=None", "bottleneck rank=4", "DeepNet 4 layers lr=0.001"} <= set(cost)
+    assert len(rows(files[1], "cost")) == 13 and "No config.yaml" not in files[0].read_text()  # 1 + 9 + 3 nets
 
 
 def test_what_reproduces(report: tuple) -> None:
@@ -333,7 +350,7 @@ def test_what_reproduces(report: tuple) -> None:
     closing = files[0].read_text().split("## What reproduces")[1]
     assert "The best mimic (w=32, 1,642 params) reaches 92.0% against the teacher's 93.0%, 1.0 points below it: " \
            "reproduced." in closing
-    assert "the mimic beats the regularised baseline by more than the seeds' spread at 2 of 2 sizes" in closing
+    assert "the mimic beats the tuned baseline by more than the seeds' spread at 2 of 2 sizes" in closing
     assert "Mimics do not overfit (Figure 2): the mimic's validation accuracy ends 0.0 points below its peak, the " \
            "plain baseline's 4.0: reproduced." in closing
     assert "at w=8 student accuracy rises with teacher accuracy" in closing and ": reproduced." in closing
@@ -349,11 +366,11 @@ def test_smaller_study_newest_by_default(report: tuple, tmp_path: Path) -> None:
     assert main(["--tracking-uri", first.uri, "--out", str(tmp_path / "out"), "--min-seconds", "0.01"]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert small.id in text and first.id not in text
-    assert "Missing: teacher_quality, baseline_search, baselines, deep, kd_search, kd, figure2, figure3, controls, " \
-           "bottleneck" in text
+    assert "Missing: teacher_quality, tune_labels, tune_deep, tune_l2, tune_kd, baselines, deep, kd, figure2, " \
+           "figure3, controls, bottleneck" in text
     assert "_Not in this study: stage `figure3` missing._" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figure1.png", "report.md", "results.csv"]
-    assert [r["series"] for r in rows(tmp_path / "out" / "results.csv", "main")] == ["teacher", "mimic"]
+    assert [r["series"] for r in rows(tmp_path / "out" / "results.csv", "main")] == ["teacher", "mimic lr=0.001"]
     assert main(["--tracking-uri", first.uri, "--study", "nosuchrun", "--out", str(tmp_path / "none")]) == 1
 
 

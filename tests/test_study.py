@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 
 from shallowmimic import conf_dir
 from shallowmimic.analysis import study as study_module
+from shallowmimic.analysis import tuning
 from shallowmimic.analysis.figures import teacher_label
 from shallowmimic.analysis.study import fill, load_study, main, matched_hidden, stage_runs
 from shallowmimic.analysis.study_runs import load_study as read_study
@@ -46,7 +47,8 @@ def test_a_given_teacher_stands_for_the_teachers_stage(outputs: Path, store_uri:
 
     source = pt2(tmp_path / "their.pt2", RawNet())
     study = load_study("smoke")
-    study.seeds, study.stages = "0", {k: study.stages[k] for k in ("teachers", "mimic")}  # two stages: seconds
+    mimic = ["experiment=mimic", "model.width=${widths}", "seed=${seeds}", "teacher.run_id={teacher}"]  # untuned
+    study.seeds, study.stages = "0", {"teachers": study.stages.teachers, "mimic": mimic}  # two stages: seconds
     monkeypatch.setattr(study_module, "load_study", lambda size, data: study)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     assert main(["--size", "smoke", "--teacher", source, f"paths.outputs={outputs}"]) == 0
@@ -73,21 +75,26 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     (study,) = client.search_runs([client.get_experiment_by_name("mnist1d").experiment_id], "tags.role = 'study'")
     assert study.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(study.info.run_id, "report")} >= {"report/report.md"}
-    runs = {stage: stage_runs(client, study.info.run_id, stage)
-            for stage in ("teachers", "mimic", "kd_search", "kd", "baselines", "deep", "figure2", "figure3")}
+    runs = {stage: stage_runs(client, study.info.run_id, stage) for stage in (
+        "teachers", "tune_labels", "tune_l2", "tune_kd", "mimic", "kd", "baselines", "deep", "figure2", "figure3")}
     assert all(runs.values()), [stage for stage, found in runs.items() if not found]
 
-    # the students learn from the teacher chosen on validation, kd at the temperature chosen on validation
+    # the students learn from the teacher chosen on validation; every family at each net trains on its seeds at the
+    # setting its tuning chose within the budget, in a part of its stage of its own
     teacher = best_by_val(runs["teachers"]).info.run_id
     assert {r.data.tags["teacher_run_id"] for r in runs["mimic"] + runs["kd"]} == {teacher}
-    chosen_t = best_by_val(runs["kd_search"]).data.params["objective.temperature"]
-    assert {r.data.params["objective.temperature"] for r in runs["kd"]} == {chosen_t}
-    # Figure 2: the plain baseline and the mimic, and the baseline regularised as chosen on validation
-    chosen = best_by_val(stage_runs(client, study.info.run_id, "baseline_search")).data.params
-    reg = (chosen["model.dropout"], chosen["optimizer.weight_decay"])
-    assert sorted((r.data.tags["role"], r.data.params["model.dropout"], r.data.params["optimizer.weight_decay"])
-                  for r in runs["figure2"]) == sorted([("baseline", "0.0", "0.0"), ("baseline", *reg),
-                                                       ("mimic", "0.0", "0.0")])
+    budget = int(load_study("smoke").budget)
+    for tune, final in (("tune_labels", "baselines"), ("tune_l2", "mimic"), ("tune_kd", "kd")):
+        chosen = tuning.chosen(runs[tune], budget)
+        trained = [r for r in runs[final] if r.data.tags["study.stage"] != "baselines_plain"]
+        assert {(tuning.net_key(r), tuning.setting(r), r.data.params["seed"]) for r in trained} == {
+            (net, tuning.setting(run), seed) for net, run in chosen.items() for seed in ("0", "1")}, final
+        assert {r.data.tags["study.stage"] for r in trained} == {f"{final}/{net}" for net in chosen}
+    assert len(runs["tune_kd"]) == 8 and budget < 4  # 4 trials a net: the budget saw 3 of them
+    # Figure 2: the plain baseline and the mimic, and the baseline tuned at `width`
+    reg = tuning.chosen(runs["tune_labels"], budget)["64"]
+    assert sorted((r.data.tags["role"], tuning.setting(r)) for r in runs["figure2"]) == sorted([
+        ("baseline", "lr=0.001"), ("baseline", tuning.setting(reg)), ("mimic", "lr=0.003 L2 raw")])
     # Figure 3: every teacher of both teacher stages, and their ensemble
     n_teachers = {len(r.data.tags["teacher_run_id"].split(",")) for r in runs["figure3"]}
     assert n_teachers == {1, len(runs["teachers"])}

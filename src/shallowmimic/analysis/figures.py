@@ -24,11 +24,11 @@ from shallowmimic.analysis.study_runs import (  # noqa: E402
     Stat,
     Study,
     group_by,
-    is_plain,
     metric,
     net_label,
     number,
     seed,
+    stage_of,
     values,
 )
 from shallowmimic.tracking.keys import (  # noqa: E402
@@ -114,9 +114,11 @@ def figure2_runs(study: Study) -> tuple[int, dict[str, str]] | None:
     and each one's first-seed run id there; None without a mimic and a baseline at one width. The figure2 stage's
     runs (no early stopping) when the study has them; an older study's early-stopped baselines and mimics if not."""
     long = study.stage("figure2")
-    labels = [r for r in long if r.data.tags.get(ROLE) == "baseline"] if long else study.stage("baselines")
-    candidates = {PLAIN: [r for r in labels if is_plain(r)], REGULARISED: [r for r in labels if not is_plain(r)],
-                  "mimic": [r for r in long if r.data.tags.get(ROLE) == "mimic"] if long else study.stage("mimic")}
+    runs, plain = (long, "figure2") if long else (study.stage("baselines") + study.stage("mimic"), "baselines_plain")
+    labels = [r for r in runs if r.data.tags.get(ROLE) == "baseline"]
+    candidates = {PLAIN: [r for r in labels if stage_of(r) == plain],
+                  REGULARISED: [r for r in labels if stage_of(r) != plain],
+                  "mimic": [r for r in runs if r.data.tags.get(ROLE) == "mimic"]}
     candidates = {series: runs for series, runs in candidates.items() if runs}
     if "mimic" not in candidates or len(candidates) < 2:
         return None

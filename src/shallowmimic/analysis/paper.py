@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from shallowmimic import project_root
-from shallowmimic.analysis import figures, tables
+from shallowmimic.analysis import figures, tables, tuning
 from shallowmimic.analysis import study_runs as read
 from shallowmimic.analysis.study_runs import PLAIN, REGULARISED, Group, Stat, Study
 from shallowmimic.analysis.tables import Table
@@ -73,19 +73,15 @@ def header(ctx: Context) -> str:
             + (f" Missing: {', '.join(missing)} (their sections say so)." if missing else "") + "\n")
 
 
-def selection(ctx: Context) -> str:
-    """The two searches on validation, and whether the later stages used what they chose."""
-    parts = ["## Settings chosen on validation\n", ctx.missing("baseline_search", "kd_search")]
-    for stage, series, title, setting in (
-            ("baseline_search", REGULARISED, "Regularised baseline: dropout x weight decay", read.regularisation),
-            ("kd_search", "kd", "KD temperature", read.temperature)):
-        if not ctx.study.stage(stage):
-            continue
-        table, chosen = tables.search_table(ctx.study, stage, setting, title)
-        used = sorted({g.detail for g in ctx.groups if g.series == series})
-        if chosen is not None and used and used != [chosen]:
-            table.note += f" Note: the later runs used {', '.join(used)}, not this choice."
-        parts.append(ctx.table(table))
+def tuning_section(ctx: Context) -> str:
+    """The equal tuning budget: what each family reached as its trials grew, and the variants on logits."""
+    parts = ["## Tuning: the same budget for every objective\n", ctx.missing("tune_labels", "tune_l2", "tune_kd")]
+    if any(ctx.study.stage(s) for s in tuning.FAMILIES):
+        parts.append(ctx.table(tuning.budget_table(ctx.study, int(ctx.study.run.data.params.get("study.budget", 9)))))
+    if ctx.study.stage("tune_l2") or ctx.study.stage("tune_kd"):
+        variants = tuning.variants_table(ctx.study)
+        parts.append(ctx.table(variants))
+        ctx.verdicts += tuning.high_t_sentences(variants)
     return "\n".join(p for p in parts if p)
 
 
@@ -178,7 +174,7 @@ def l2_vs_kd(table: Table) -> list[str]:
             by_net.setdefault(str(row["net"]), {})[str(row["objective"])] = row["test acc"]
     sentences = []
     for net, stats in by_net.items():
-        l2, kd = stats.get("L2 on logits"), next((v for k, v in stats.items() if k.startswith("KD")), None)
+        l2, kd = (next((v for k, v in stats.items() if k.startswith(name)), None) for name in ("L2", "KD"))
         if l2 is None or kd is None or l2.mean is None or kd.mean is None:
             continue
         sign = read.compare(kd, l2)
@@ -224,7 +220,7 @@ def headline(groups: list[Group]) -> list[str]:
     pairs = [(m, regularised[m.params]) for m in mimics if m.params in regularised]
     if pairs:  # a win is a lead beyond the seeds' spread (read.compare)
         wins = sum(read.compare(m.stat(TEST_ACC), b.stat(TEST_ACC)) > 0 for m, b in pairs)
-        found.append(f"At equal parameters the mimic beats the regularised baseline by more than the seeds' spread "
+        found.append(f"At equal parameters the mimic beats the tuned baseline by more than the seeds' spread "
                      f"at {wins} of {len(pairs)} sizes (" + ", ".join(
                          f"{m.net}: {m.stat(TEST_ACC).text()} vs {b.stat(TEST_ACC).text()}" for m, b in pairs) + "): "
                      + ("reproduced" if wins == len(pairs) else "partly" if wins else "not reproduced") + ".")
@@ -250,7 +246,7 @@ def closing(ctx: Context) -> str:
     return f"## What reproduces\n\n{body}{caveat}\n"
 
 
-SECTIONS = (selection, figure1, figure2, figure3, bottleneck, controls, cost)
+SECTIONS = (tuning_section, figure1, figure2, figure3, bottleneck, controls, cost)
 
 
 def write_report(client: MlflowClient, study_run_id: str, out_dir: str | Path,

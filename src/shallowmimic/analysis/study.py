@@ -6,8 +6,9 @@ after another under one MLflow parent run, then its report (shallowmimic.analysi
     python -m shallowmimic.analysis.study --size smoke paths.outputs=/tmp/study   # overrides for every job
     python -m shallowmimic.analysis.study --teacher their.pt2              # your own net as the study's teacher
 
-Stages fill `{name}` fields of later ones with what they chose, on validation only: the best teacher, the best
-regularisation of the baseline, the best KD temperature (see conf/study/full.yaml).
+Stages fill `{name}` fields of later ones with what they chose, on validation only: the best teacher, and per net
+each family's tuned setting (shallowmimic.analysis.tuning); a stage that uses a per-net setting runs once per net
+(see conf/study/full.yaml).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -29,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallowmimic import conf_dir
 from shallowmimic.analysis import study_runs as read
+from shallowmimic.analysis import tuning
 from shallowmimic.errors import UserError
 from shallowmimic.tracking.descriptions import git_commit
 from shallowmimic.tracking.keys import FAILED_STAGES, GIT_COMMIT, PARENT, ROLE, STAGE, STUDY_SIZE
@@ -90,18 +93,35 @@ def quoted(run: MlflowRun) -> str:
     return f"'{run.info.run_id}'"
 
 
-def regularisation(run: MlflowRun) -> dict[str, str]:
-    """The baseline search's choice as the overrides `{reg}` stands for."""
-    params = run.data.params
-    return {"reg": f"model.dropout={params['model.dropout']} optimizer.weight_decay={params['optimizer.weight_decay']}"}
+def tuned(family: str) -> Callable[[list[MlflowRun], DictConfig], dict[str, str | dict[str, str]]]:
+    """The selector of a tune stage: per net, the overrides of its chosen trial (`{tuned_<family>}`); for labels
+    also the one at `width` (`{reg}`: Figure 2's regularised baseline)."""
+    def select(runs: list[MlflowRun], study: DictConfig) -> dict[str, str | dict[str, str]]:
+        per_net = {net: tuning.as_overrides(run) for net, run in tuning.chosen(runs, int(study.budget)).items()}
+        if family != "labels":
+            return {f"tuned_{family}": per_net}
+        if str(study.width) not in per_net:
+            raise UserError(f"conf/study: width={study.width} is not one of widths={study.widths}, so no tuned "
+                            "setting exists for Figure 2's regularised baseline")
+        return {"tuned_labels": per_net, "reg": per_net[str(study.width)]}
+    return select
 
 
-SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict[str, str]]] = {
+SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict]] = {
     "teachers": after_teachers,
-    "baseline_search": lambda runs, _: regularisation(best(runs)),
-    "kd_search": lambda runs, _: {"T": best(runs).data.params["objective.temperature"]},
     "teacher_quality": lambda runs, _: {"quality": ",".join(sorted(quoted(r) for r in runs))},
-}
+} | {f"tune_{family}": tuned(family) for family in ("labels", "deep", "l2", "kd")}
+
+
+def parts(overrides: list[str], values: dict) -> list[tuple[str, dict]]:
+    """A stage whose overrides use a per-net setting runs once per net: (part name, values with that net's
+    setting in the field); other stages are one part named ''."""
+    used = {name for override in overrides for name in re.findall(r"{(\w+)}", override)}
+    per_net = [name for name in sorted(used) if isinstance(values.get(name), dict)]
+    if not per_net:
+        return [("", values)]
+    field = per_net[0]  # a stage tunes one family
+    return [(tuning.part_name(net), values | {field: setting}) for net, setting in values[field].items()]
 
 
 def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
@@ -119,16 +139,17 @@ def fill(overrides: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str) -> bool:
+def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id: str, jobs: int | None = None) -> bool:
     """One stage: a Hydra multirun of the training entry point, its jobs tagged with the stage and nested under the
-    study; JOBS > 1 runs them in parallel with the cores shared out. Returns whether every job finished."""
+    study; `jobs` (JOBS by default) > 1 runs them in parallel. Returns whether every job finished."""
+    jobs = args.jobs if jobs is None else jobs
     # job dirs numbered, not named by their overrides: a stage's overrides outgrow a file name's 255 characters
     where = f"studies/{study_id}/{stage}"
     cmd = [sys.executable, "-m", "shallowmimic.train", "-m", *overrides, f"data={args.data}",
            f"study.run_id={study_id}", f"study.stage={stage}", *args.overrides,
            f"hydra.sweep.dir=${{paths.outputs}}/{where}", "hydra.sweep.subdir=${hydra.job.num}"]
-    if args.jobs > 1:
-        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={args.threads}"]
+    cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    cmd += [f"threads={args.threads}"] if args.jobs > 1 else []  # the cores shared out among JOBS jobs
     print(f"== study stage {stage}: {' '.join(cmd[3:])}", flush=True)
     start = time.monotonic()
     done = subprocess.run(cmd).returncode == 0
@@ -139,6 +160,17 @@ def launch(stage: str, overrides: list[str], args: argparse.Namespace, study_id:
     return False
 
 
+def launch_all(todo: list[tuple[str, list[str]]], args: argparse.Namespace, study_id: str) -> list[str]:
+    """Launch (stage, overrides) pairs, the parts of one stage side by side, JOBS at a time (a process each: as
+    many jobs at once as one stage's sweep would run); returns the names of those in which a job failed."""
+    if len(todo) > 1 and args.jobs > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda job: launch(*job, args, study_id, jobs=1), todo))
+    else:
+        done = [launch(name, overrides, args, study_id) for name, overrides in todo]
+    return [name for (name, _), ok in zip(todo, done, strict=True) if not ok]
+
+
 def run_study(args: argparse.Namespace, study: DictConfig, store: Store, study_id: str) -> None:
     """Every stage in order, each filled with what the stages before it chose; a continued study (--study) skips
     the stages it finished."""
@@ -147,9 +179,11 @@ def run_study(args: argparse.Namespace, study: DictConfig, store: Store, study_i
         extra = study.extra.get(stage, [])
         if stage == "teachers" and args.teacher:  # the given net stands for the teachers this stage would train
             overrides, extra = ["experiment=teacher", f"teacher.model={args.teacher}"], []
-        if not (args.study and finished(store, study_id, stage)):
-            if not launch(stage, fill([*study.common, *overrides, *extra, *study.shrink], values), args, study_id):
-                failed.append(stage)  # the report uses the jobs that finished and counts them per row
+        every = [*study.common, *overrides, *extra, *study.shrink]
+        # a part's runs are read as the stage's (Study.stage)
+        todo = [(f"{stage}/{part}" if part else stage, fill(every, filled)) for part, filled in parts(every, values)]
+        failed += launch_all([(n, o) for n, o in todo if not (args.study and finished(store, study_id, n))],
+                             args, study_id)  # the report uses the jobs that finished and counts them per row
         if not stage_runs(client, study_id, stage):
             raise UserError(f"study stage {stage}: no job finished; see outputs/studies/{study_id}/{stage}/")
         if stage in SELECT:
@@ -164,7 +198,7 @@ def finished(store: Store, study_id: str, stage: str) -> bool:
                              "attributes.status = 'FINISHED'"))
 
 
-def begin(args: argparse.Namespace, store: Store) -> str:
+def begin(args: argparse.Namespace, study: DictConfig, store: Store) -> str:
     """The study's MLflow parent run: a new one, or the unfinished one named by --study, reopened."""
     if args.study:
         client = store.client
@@ -175,7 +209,8 @@ def begin(args: argparse.Namespace, store: Store) -> str:
         return args.study
     tags = {ROLE: "study", STUDY_SIZE: args.size, GIT_COMMIT: git_commit()}
     return store.start_run(f"study size={args.size} data={args.data}", tags,
-                           {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs)})
+                           {"study.size": args.size, "study.data": args.data, "study.jobs": str(args.jobs),
+                            "study.budget": str(study.budget)})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -204,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = compose("train", overrides=[f"data={args.data}", *args.overrides])
         store = open_store(cfg.logger)
         client = store.client
-        study_id = begin(args, store)
+        study_id = begin(args, study, store)
         with Run(client, study_id, Path(cfg.paths.outputs), resumed=False).closing():
             run_study(args, study, store, study_id)
             files = write_report(client, study_id, Path(cfg.paths.outputs) / "reports" / "paper",

@@ -28,12 +28,13 @@ from shallowmimic.tracking.keys import (
 from shallowmimic.tracking.search import get_run, newest, search, teacher_ids
 
 # every stage the driver may run, in the order the report discusses them
-STAGES = ("teachers", "teacher_quality", "baseline_search", "baselines", "deep", "mimic", "kd_search", "kd",
-          "figure2", "figure3", "controls", "bottleneck")
-# stages a driver may split off one of STAGES: read as part of it (baselines are told apart by their params)
+STAGES = ("teachers", "teacher_quality", "tune_labels", "tune_deep", "tune_l2", "tune_kd", "baselines", "deep",
+          "mimic", "kd", "figure2", "figure3", "controls", "bottleneck")
+# stages a driver may split off one of STAGES: read as part of it (the plain baselines by their stage tag); an
+# older study's searches are read as the tuning of their family
 ALIASES = {"baselines_plain": "baselines", "figure2_regularised": "figure2", "controls_large": "controls",
-           "bottleneck_sgd": "bottleneck"}
-PLAIN, REGULARISED = "shallow labels (plain)", "shallow labels (regularised)"
+           "bottleneck_sgd": "bottleneck", "baseline_search": "tune_labels", "kd_search": "tune_kd"}
+PLAIN, REGULARISED = "shallow labels (plain)", "shallow labels (tuned)"
 SERIES = ("teacher", "ensemble", PLAIN, REGULARISED, "DeepNet 2 layers", "DeepNet 3 layers", "DeepNet 4 layers",
           "mimic", "kd")
 
@@ -98,7 +99,7 @@ class Study:
     def stage(self, name: str) -> list[Run]:
         """The stage's job runs (and its aliases'), ordered by seed (so 'the first seed' is the first run)."""
         names = {name} | {alias for alias, stage in ALIASES.items() if stage == name}
-        return sorted((r for r in self.jobs if r.data.tags.get(STAGE) in names), key=seed)
+        return sorted((r for r in self.jobs if stage_of(r) in names), key=seed)
 
     def present(self) -> list[str]:
         """The stages with finished runs."""
@@ -132,6 +133,11 @@ def load_study(client: MlflowClient, study_run_id: str) -> Study:
         if (run := get_run(client, run_id)) is not None:  # deleted since: its students still report its accuracy
             by_id[run_id] = run
     return Study(study, jobs, by_id)
+
+
+def stage_of(run: Run) -> str:
+    """The stage a run was tagged with, without its part: 'mimic' for 'mimic/128' (a stage run once per net)."""
+    return run.data.tags.get(STAGE, "").split("/")[0]
 
 
 def seed(run: Run) -> int:
@@ -173,9 +179,16 @@ def converged(run: Run) -> bool:
             or (best is not None and epochs is not None and best < epochs - 1))
 
 
-def is_plain(run: Run) -> bool:
-    """A label-trained net without dropout or weight decay."""
-    return number(run, "model.dropout") == 0 and number(run, "optimizer.weight_decay") == 0
+def setting(run: Run) -> str:
+    """What a trial chose beside its net: 'lr=0.003 dropout=0.25', 'lr=0.01 L2 standardised', 'lr=0.001 T=4.0'."""
+    params = run.data.params
+    parts = [f"lr={params.get('optimizer.lr')}"]
+    parts += [f"dropout={params['model.dropout']}"] if number(run, "model.dropout") else []
+    parts += [f"wd={params['optimizer.weight_decay']}"] if number(run, "optimizer.weight_decay") else []
+    name = params.get("objective.name", "")
+    parts += [f"L2 {name.removeprefix('mimic').removeprefix('_') or 'raw'}"] if name.startswith("mimic") else []
+    parts += [f"T={params['objective.temperature']}"] if "objective.temperature" in params else []
+    return " ".join(parts)
 
 
 def net_label(run: Run) -> str:
@@ -226,25 +239,13 @@ class Group:
         return Stat(self.metrics.get(key, ()))
 
 
-def regularisation(run: Run) -> str:
-    """'dropout=0.5 wd=0.0001': how the search and the regularised baselines name a setting."""
-    return f"dropout={run.data.params.get('model.dropout')} wd={run.data.params.get('optimizer.weight_decay')}"
-
-
-def temperature(run: Run) -> str:
-    """'T=4.0': how the KD search and the kd stage name a temperature."""
-    return f"T={run.data.params.get('objective.temperature')}"
-
-
 def _series(stage: str, run: Run) -> tuple[str, str]:
-    """(series, detail) of a run of a main-table stage."""
+    """(series, detail) of a run of a main-table stage; the detail is the setting it was tuned to."""
     if stage == "baselines":
-        return (PLAIN, "") if is_plain(run) else (REGULARISED, regularisation(run))
+        return (PLAIN, "") if stage_of(run) == "baselines_plain" else (REGULARISED, setting(run))
     if stage == "deep":
-        return f"DeepNet {len(run.data.params.get('model.hidden', '[]').strip('[]').split(','))} layers", ""
-    if stage == "kd":
-        return "kd", temperature(run)
-    return {"teachers": "teacher", "mimic": "mimic"}[stage], ""
+        return f"DeepNet {len(run.data.params.get('model.hidden', '[]').strip('[]').split(','))} layers", setting(run)
+    return {"teachers": "teacher", "mimic": "mimic", "kd": "kd"}[stage], "" if stage == "teachers" else setting(run)
 
 
 def ensembles(study: Study) -> list[Group]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import re
+import statistics
 import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -17,12 +17,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from shallowmimic.analysis import study_runs as read
-from shallowmimic.analysis.convergence import steps_to_fraction
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
 from shallowmimic.analysis.figures import Curve, Point
 from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, metric, net_label, number, values
 from shallowmimic.tracking.keys import EPOCHS, FIT_SECONDS, ROLE, SELECT_ON, TEST_ACC, TEST_AGREEMENT, VAL_LOGIT_MSE
-from shallowmimic.tracking.search import best_by_val, history
+from shallowmimic.tracking.search import history
 
 Cell = Stat | str | int | float | None
 
@@ -71,29 +70,6 @@ def convergence(flags: list[bool]) -> str:
     return f"{done}/{len(flags)}" + (" (lower bound)" if done == 0 else "")
 
 
-def _natural(setting: str) -> tuple[float, ...]:
-    """'dropout=0.5 wd=0.0001' -> (0.5, 0.0001): settings in numeric order (T=10 after T=2)."""
-    return tuple(float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", setting))
-
-
-def search_table(study: Study, stage: str, setting: Callable[[Run], str], title: str) -> tuple[Table, str | None]:
-    """A search stage's grid, by setting, and the setting chosen on validation (best mean val/best_acc)."""
-    table = Table(stage, title, ["setting", "net", "seeds", "val acc", "test acc", "chosen"])
-    grouped = dict(sorted(group_by(study.stage(stage), setting).items(), key=lambda kv: _natural(str(kv[0]))))
-    scores = {key: Stat(values(runs, SELECT_ON)).mean for key, runs in grouped.items()}
-    scored = [k for k, v in scores.items() if v is not None]
-    chosen = max(scored, key=lambda k: scores[k]) if scored else None
-    for key, runs in grouped.items():
-        table.add({"setting": str(key), "net": net_label(runs[0]), "seeds": len(runs),
-                   "val acc": Stat(values(runs, SELECT_ON)), "test acc": Stat(values(runs, TEST_ACC)),
-                   "chosen": "yes" if key == chosen else ""}, [r.info.run_id for r in runs])
-    best = best_by_val(grouped.get(chosen, [])) if chosen is not None else None
-    if best is not None:
-        table.note = (f"Chosen on validation only: {chosen} (val acc {Stat(values([best], SELECT_ON)).text()}, "
-                      f"run `{best.info.run_id}`).")
-    return table, None if chosen is None else str(chosen)
-
-
 def main_table(groups: list[Group]) -> Table:
     """Figure 1's numbers: one row per (series, size)."""
     table = Table("main", "Accuracy by series and size (Figure 1)",
@@ -129,33 +105,50 @@ def figure3_table(points: list[Point]) -> Table:
     return table
 
 
-def _to_95(client: MlflowClient, run: Run) -> tuple[int, float, float] | None:
-    """(epochs, seconds) to reach 95% of the run's final val/logit_mse reduction, and its final value."""
-    mse = [v for _, v in history(client, run.info.run_id, VAL_LOGIT_MSE)]
-    i = steps_to_fraction(mse, 0.95)
+def level(curves: list[list[float]]) -> float | None:
+    """The unfactorised nets' 95% level: the validation logit-MSE 95% of the way from their first epoch's value to
+    their last (the mean over seeds), one bar every rank is timed to."""
+    ends = [(c[0], c[-1]) for c in curves if len(c) > 1 and c[0] > c[-1]]
+    return statistics.fmean(first - 0.95 * (first - last) for first, last in ends) if ends else None
+
+
+def _to_level(run: Run, mse: list[float], bar: float | None) -> tuple[int, float] | None:
+    """(epochs, seconds) until the run's validation logit-MSE is at or below `bar`; None if it never is."""
+    i = next((i for i, v in enumerate(mse) if bar is not None and v <= bar), None)
     fit_s, epochs = metric(run, FIT_SECONDS), metric(run, EPOCHS)
     if i is None or not fit_s or not epochs:
         return None
-    return i + 1, fit_s * (i + 1) / epochs, mse[-1]  # history index i: reached after i + 1 epochs
+    return i + 1, fit_s * (i + 1) / epochs  # history index i: reached after i + 1 epochs
 
 
 def bottleneck_table(client: MlflowClient, study: Study) -> Table:
-    """Per (optimizer, rank): epochs and wall time to 95% of the final logit-MSE reduction, over seeds."""
+    """Per (optimizer, rank): epochs and wall time to the unfactorised net's 95% level, and the final fit."""
     table = Table("bottleneck", "The bottleneck: convergence speed at equal nonlinear width",
                   ["optimizer", "rank", "net", "params", "seeds", "epochs to 95%", "time to 95%", "final val mse",
                    "reached"])
     grouped = group_by(study.stage("bottleneck"),
                        lambda r: (r.data.params.get("optimizer.name", "?"), r.data.params.get("model.rank", "None")))
-    for (optimizer, rank), runs in sorted(grouped.items(), key=lambda kv: str(kv[0])):
-        measured = [m for m in (_to_95(client, r) for r in runs) if m is not None]
+    curves = {r.info.run_id: [v for _, v in history(client, r.info.run_id, VAL_LOGIT_MSE)] for r in
+              study.stage("bottleneck")}
+    bars = {opt: level([curves[r.info.run_id] for r in runs]) for (opt, rank), runs in grouped.items()
+            if rank in ("None", "null")}
+    for (optimizer, rank), runs in sorted(grouped.items(), key=lambda kv: (kv[0][0], _rank(kv[0][1]))):
+        measured = [m for m in (_to_level(r, curves[r.info.run_id], bars.get(optimizer)) for r in runs) if m]
         table.add({"optimizer": optimizer, "rank": "none" if rank in ("None", "null") else rank,
                    "net": net_label(runs[0]), "params": int(number(runs[0], "n_params")), "seeds": len(runs),
                    "epochs to 95%": Stat(tuple(m[0] for m in measured), 1.0, "", 1),
                    "time to 95%": Stat(tuple(m[1] for m in measured), 1.0, " s", 2),
-                   "final val mse": Stat(tuple(m[2] for m in measured), 1.0, "", 4),
+                   "final val mse": Stat(tuple(curves[r.info.run_id][-1] for r in runs if curves[r.info.run_id]),
+                                         1.0, "", 4),
                    "reached": f"{len(measured)}/{len(runs)}"}, [r.info.run_id for r in runs])
-    table.note = " ".join(bottleneck_verdicts(table))
+    table.note = (" ".join(f"{o}'s 95% level: validation logit-MSE {b:.4g}." for o, b in bars.items() if b) + " "
+                  + " ".join(bottleneck_verdicts(table))).strip()
     return table
+
+
+def _rank(rank: str) -> float:
+    """A rank's sort key: numerically, none (unfactorised) last."""
+    return float(rank) if rank.isdigit() else float("inf")
 
 
 def _compare(ours: Stat, theirs: Stat, words: tuple[str, str, str], what: str) -> tuple[str, int]:
@@ -177,13 +170,17 @@ def bottleneck_verdicts(table: Table) -> list[str]:
         plain = rows.get((optimizer, "none"))
         if rank == "none" or plain is None:
             continue
+        fit, plain_fit = row["final val mse"], plain["final val mse"]
+        if row["epochs to 95%"].mean is None:  # a rank that removes capacity may never get down to the bar
+            sentences.append(f"With {optimizer}, the factorised net (k={rank}) never reached the unfactorised net's "
+                             f"95% level; it ends at validation logit-MSE {fit.text()} vs {plain_fit.text()}.")
+            sgd += [(False, False, False)] if str(optimizer).lower() == "sgd" else []
+            continue
         epochs, fewer = _compare(row["epochs to 95%"], plain["epochs to 95%"], ("fewer", "more", "as many"), "epochs")
         seconds, sooner = _compare(row["time to 95%"], plain["time to 95%"], ("less", "more", "as much"), "wall time")
-        fit, plain_fit = row["final val mse"], plain["final val mse"]
-        # "95% of its own reduction" is relative: a net that plateaus higher gets there no better for it
         worse_fit = read.compare(fit, plain_fit) > 0
-        sentences.append(f"With {optimizer}, the factorised net (k={rank}) reached 95% of its logit-MSE reduction "
-                         f"in {epochs} and {seconds} than the unfactorised one"
+        sentences.append(f"With {optimizer}, the factorised net (k={rank}) reached the unfactorised net's 95% level "
+                         f"in {epochs} and {seconds} than the unfactorised one ({row['reached']} runs reached it)"
                          + (f", but it ends at a worse fit (validation logit-MSE {fit.text()} vs {plain_fit.text()})."
                             if worse_fit else "."))
         if str(optimizer).lower() == "sgd":
