@@ -36,14 +36,17 @@ def test_labels_loss_is_cross_entropy() -> None:
     assert torch.isclose(labels_loss(logits, {"y": y}), expected)
 
 
-def fit_tiny(steps: int, x: torch.Tensor | None = None, compile: bool = False,
-             max_steps: int = -1) -> tuple[System, L.Trainer]:
+ADAM = partial(torch.optim.Adam, lr=1e-2)
+
+
+def fit_tiny(steps: int, x: torch.Tensor | None = None, compile: bool = False, max_steps: int = -1,
+             optimizer: partial = ADAM, clip: float | None = None) -> tuple[System, L.Trainer]:
     """One epoch of a tiny mimic on CPU, the loader serving `steps` batches per item."""
     g = torch.Generator().manual_seed(0)
     data = {"x": torch.randn(200, 8, generator=g) if x is None else x, "z": torch.randn(200, 3, generator=g),
             "y": torch.randint(0, 3, (200,), generator=g)}
     torch.manual_seed(0)
-    system = System(ShallowNet(8, 3, width=16), mimic_loss, partial(torch.optim.Adam, lr=1e-2), 3, compile=compile)
+    system = System(ShallowNet(8, 3, width=16), mimic_loss, optimizer, 3, compile=compile, clip=clip)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(system, train_dataloaders=InMemoryLoader(data, 32, shuffle=True, steps=steps))
@@ -71,6 +74,19 @@ def test_a_non_finite_loss_stops_the_fit() -> None:
     x[100] = float("inf")
     with pytest.raises(FloatingPointError, match="train/loss is"):
         fit_tiny(4, x=x)
+
+
+def test_gradients_are_clipped_to_the_norm_asked() -> None:
+    """trainer.gradient_clip_val under manual optimization: one plain SGD step moves the weights by lr x the
+    clipped gradient, so by at most lr x clip in norm."""
+    torch.manual_seed(0)
+    start = [p.detach().clone() for p in ShallowNet(8, 3, width=16).parameters()]
+    sgd = partial(torch.optim.SGD, lr=1.0)
+    for clip in (None, 1e-3):
+        system, _ = fit_tiny(1, max_steps=1, optimizer=sgd, clip=clip)
+        moved = torch.linalg.vector_norm(torch.cat([(p - s).flatten() for p, s in zip(system.net.parameters(), start,
+                                                                                      strict=True)]))
+        assert (moved <= 1e-3 * 1.0001) if clip else (moved > 0.01), (clip, moved)
 
 
 def test_compile_switch_trains() -> None:

@@ -82,7 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
 
-        system = System(net, objective.loss, optimizer, dm.num_classes, schedule, cfg.loop.compile)
+        system = System(net, objective.loss, optimizer, dm.num_classes, schedule, cfg.loop.compile,
+                        cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("gradient_clip_algorithm") or "norm")
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
         trainer = run_trainer(run, cfg, system, [checkpoint, last, RunState(run.run_id), *callbacks,
                                                  *system_metrics(cfg.logger, run)])

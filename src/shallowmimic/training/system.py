@@ -25,13 +25,17 @@ class System(L.LightningModule):
 
     Optimizes manually (Lightning's manual optimization): a training item may be a list of batches (InMemoryLoader
     with steps > 1), one optimizer step each, so Lightning's per-item loop costs are paid once for several steps.
-    `compile`: the net's forward through torch.compile (in place: checkpoints keep their keys)."""
+    `compile`: the net's forward through torch.compile (in place: checkpoints keep their keys). `clip`: the
+    gradients' norm (or value, by `clip_algorithm`) is clipped to it before each step, as Lightning's
+    `trainer.gradient_clip_val` does under automatic optimization."""
 
     def __init__(self, net: nn.Module, loss: Callable[[Tensor, Batch], Tensor],
                  optimizer: Callable[..., torch.optim.Optimizer], num_classes: int,
-                 scheduler: Callable[..., dict[str, Any]] | None = None, compile: bool = False) -> None:
+                 scheduler: Callable[..., dict[str, Any]] | None = None, compile: bool = False,
+                 clip: float | None = None, clip_algorithm: str = "norm") -> None:
         super().__init__()
         self.net, self.loss_fn, self.make_optimizer, self.make_scheduler = net, loss, optimizer, scheduler
+        self.clip, self.clip_algorithm = clip, clip_algorithm
         self.automatic_optimization = False
         if compile:
             self.net.compile()
@@ -110,6 +114,8 @@ class System(L.LightningModule):
             loss = self.loss_fn(out, b)
             optimizer.zero_grad()
             self.manual_backward(loss)
+            if self.clip:
+                self.clip_gradients(optimizer, gradient_clip_val=self.clip, gradient_clip_algorithm=self.clip_algorithm)
             optimizer.step()
             self._step_schedules("step")
             losses.append(loss.detach())

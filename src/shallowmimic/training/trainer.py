@@ -37,7 +37,9 @@ def make_trainer(cfg: DictConfig, run_id: str | None, system: L.LightningModule,
     # Lightning's default bar redraws many times a second from a thread: a tenth of a small net's step time
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks = [*callbacks, RichProgressBar(refresh_rate=2)]
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    # Lightning refuses gradient_clip_val under manual optimization: the System clips (trainer.gradient_clip_val)
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
+                       gradient_clip_val=None, gradient_clip_algorithm=None)
 
 
 def checkpoints(folder: Path, objective: Objective) -> tuple[ModelCheckpoint, ModelCheckpoint]:
