@@ -6,38 +6,34 @@ import pytest
 import torch
 from torch import nn
 
-from shallowmimic.analysis.convergence import converged, steps_to_fraction
+from shallowmimic.analysis.convergence import converged, first_at_or_below, level
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample, n_params
 from shallowmimic.errors import BadValue
 from shallowmimic.nets import ShallowNet
 
 
-def test_steps_to_fraction_hand_count() -> None:
-    # total reduction 9, target 8.1: index 2 gives 8.0, index 3 gives 8.5
-    assert steps_to_fraction([10, 5, 2, 1.5, 1.0], fraction=0.9) == 3
-    assert steps_to_fraction([10, 5, 2, 1.5, 1.0], fraction=0.5) == 1
-    assert steps_to_fraction([10, 5, 2, 1.5, 1.0], fraction=1.0) == 4
+def test_level_hand_count() -> None:
+    # 95% of the way from 10 to 1 is 1.45; of the way from 10 to 2, 2.4: the mean of the two curves, 1.925
+    assert level([[10, 5, 2, 1.5, 1.0]]) == pytest.approx(1.45)
+    assert level([[10, 5, 2, 1.5, 1.0], [10, 4, 2.0]]) == pytest.approx(1.925)
+    assert level([[10, 5, 1.0]], fraction=0.5) == pytest.approx(5.5)
 
 
-def test_steps_to_fraction_not_decreasing() -> None:
-    assert steps_to_fraction([1.0, 2.0, 3.0]) is None
-    assert steps_to_fraction([2.0, 1.0, 2.0]) is None  # dips but ends where it began
-    assert steps_to_fraction([1.0]) is None
-    assert steps_to_fraction([]) is None
-    assert steps_to_fraction([3.0, 1.0, float("nan")]) is None
-
-
-def test_steps_to_fraction_from_start() -> None:
-    # from 20 before training: total 19, target 0.9 * 19 = 17.1; values[0] = 10 is already a reduction of 10
-    assert steps_to_fraction([10, 5, 2, 1.5, 1.0], fraction=0.9, start=20.0) == 2  # 20 - 2 = 18
-    assert steps_to_fraction([10, 5, 2, 1.5, 1.0], fraction=0.5, start=20.0) == 0
-    assert steps_to_fraction([4.0], start=5.0) == 0  # start counts as a point
-    assert steps_to_fraction([6.0, 7.0], start=5.0) is None
-
-
-def test_steps_to_fraction_refuses_bad_fraction() -> None:
+def test_level_of_curves_that_do_not_decrease() -> None:
+    assert level([[1.0, 2.0, 3.0]]) is None
+    assert level([[2.0, 1.0, 2.0]]) is None  # dips but ends where it began
+    assert level([[1.0], []]) is None
+    assert level([[3.0, 1.0, float("nan")]]) is None
+    assert level([[1.0, 2.0], [10, 1.0]]) == pytest.approx(1.45)  # only the decreasing one counts
     with pytest.raises(BadValue):
-        steps_to_fraction([2.0, 1.0], fraction=1.5)
+        level([[2.0, 1.0]], fraction=1.5)
+
+
+def test_first_at_or_below() -> None:
+    assert first_at_or_below([10, 5, 2, 1.5, 1.0], 1.45) == 4  # the curve's own 95% level: its last point
+    assert first_at_or_below([10, 3, 1.5, 1.2], 1.45) == 3
+    assert first_at_or_below([10, 2, 1.6, 1.5], 1.45) is None  # plateaus above another net's bar
+    assert first_at_or_below([10, 2], None) is None
 
 
 def test_converged() -> None:

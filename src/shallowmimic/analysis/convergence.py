@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from shallowmimic import checks
 
 
-def steps_to_fraction(values: Sequence[float], fraction: float = 0.95, start: float | None = None) -> int | None:
-    """First index i into `values` whose reduction from the baseline reaches `fraction` of the total reduction.
-
-    `values[i]` is the metric after epoch i + 1 (a decreasing one, e.g. val/logit_mse). The baseline is `start`
-    (the value before training) if given, else `values[0]`; the total reduction is baseline - values[-1]. Either way
-    the returned i indexes `values`, so the fraction was reached after i + 1 epochs of training; without `start`,
-    i = 0 only when fraction is 0, as values[0] is the baseline itself. None when the curve does not decrease overall
-    (total reduction <= 0 or not a number) or has fewer than 2 points, counting `start` as a point.
-    """
+def level(curves: Sequence[Sequence[float]], fraction: float = 0.95) -> float | None:
+    """The value `fraction` of the way from a decreasing curve's first point to its last (e.g. val/logit_mse per
+    epoch), averaged over the curves that decrease; None if none does (or a point is not a number)."""
     checks.number("fraction", fraction, 0.0, 1.0)
-    points = list(values)
-    if len(points) + (start is not None) < 2:
-        return None
-    baseline = points[0] if start is None else start
-    total = baseline - points[-1]
-    if not total > 0:  # also catches a NaN baseline or final value
-        return None
-    target = fraction * total  # fraction <= 1 so target <= total: the last point always qualifies
-    return next(i for i, value in enumerate(points) if baseline - value >= target)
+    ends = [(c[0], c[-1]) for c in curves if len(c) > 1 and c[0] > c[-1]]  # False for a NaN end, too
+    return statistics.fmean(first - fraction * (first - last) for first, last in ends) if ends else None
+
+
+def first_at_or_below(values: Sequence[float], bar: float | None) -> int | None:
+    """The first index whose value is at or below `bar`; None if none is (or there is no bar)."""
+    return next((i for i, value in enumerate(values) if bar is not None and value <= bar), None)
 
 
 def converged(values: Sequence[float], mode: str, patience: int, min_delta: float = 0.0) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import statistics
 import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from shallowmimic.analysis import study_runs as read
+from shallowmimic.analysis.convergence import first_at_or_below, level
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
 from shallowmimic.analysis.figures import Curve, Point
 from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, metric, net_label, number, values
@@ -105,16 +105,9 @@ def figure3_table(points: list[Point]) -> Table:
     return table
 
 
-def level(curves: list[list[float]]) -> float | None:
-    """The unfactorised nets' 95% level: the validation logit-MSE 95% of the way from their first epoch's value to
-    their last (the mean over seeds), one bar every rank is timed to."""
-    ends = [(c[0], c[-1]) for c in curves if len(c) > 1 and c[0] > c[-1]]
-    return statistics.fmean(first - 0.95 * (first - last) for first, last in ends) if ends else None
-
-
 def _to_level(run: Run, mse: list[float], bar: float | None) -> tuple[int, float] | None:
     """(epochs, seconds) until the run's validation logit-MSE is at or below `bar`; None if it never is."""
-    i = next((i for i, v in enumerate(mse) if bar is not None and v <= bar), None)
+    i = first_at_or_below(mse, bar)
     fit_s, epochs = metric(run, FIT_SECONDS), metric(run, EPOCHS)
     if i is None or not fit_s or not epochs:
         return None
