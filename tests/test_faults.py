@@ -95,10 +95,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unusable_store_is_refused_in_one_line_before_any_work(cli, tmp_path: Path) -> None:
-    started = time.monotonic()
+def test_an_unusable_store_is_refused_in_one_line_before_any_work(cli, outputs: Path) -> None:
     proc = cli(f"logger.tracking_uri=http://127.0.0.1:{free_port()}")
-    assert proc.returncode == 2 and time.monotonic() - started < 30
+    assert proc.returncode == 2
+    # no data made, no fit begun (Hydra's own run folder holds its config alone)
+    assert not (outputs / "cache").exists() and not list(outputs.rglob("checkpoints"))
     assert proc.stderr.strip().splitlines()[-1].endswith("cannot use the tracking store (no server answers there: "
                                                           "start one (`make server`) or fix the URI)")
     proc = cli("logger.tracking_uri=sqlite:////proc/nope/mlflow.db")
