@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from shallowmimic.analysis import study_runs
 from shallowmimic.analysis.cost import flops_per_sample
 from shallowmimic.analysis.paper import main, write_report
 from shallowmimic.analysis.study_runs import Stat, compare
@@ -372,6 +373,23 @@ def test_smaller_study_newest_by_default(report: tuple, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figure1.png", "report.md", "results.csv"]
     assert [r["series"] for r in rows(tmp_path / "out" / "results.csv", "main")] == ["teacher", "mimic lr=0.001"]
     assert main(["--tracking-uri", first.uri, "--study", "nosuchrun", "--out", str(tmp_path / "none")]) == 1
+
+
+def test_a_stage_run_again_counts_each_job_once(report: tuple, tmp_path: Path) -> None:
+    """A study continued with --study after a stop midway: the stopped sweep's finished job is not counted beside
+    the finished sweep's copy of it."""
+    first, _, _ = report
+    again = FakeStudy(first.uri, tmp_path)
+    teacher = again.job("teachers", "teacher", cnn(2), {"test/acc": 0.9, "val/best_acc": 0.9})
+    stopped = again.sweep("mimic")
+    again.client.set_terminated(stopped, "KILLED")
+    again.job("mimic", "mimic", shallow(16), {"test/acc": 0.8}, tags={"teacher_run_id": teacher}, parent=stopped)
+    del again.sweeps["mimic"]
+    for n in (0, 1):  # the second launch: seed 0 again (its copy), then seed 1
+        again.job("mimic", "mimic", shallow(16), {"test/acc": 0.8}, n, tags={"teacher_run_id": teacher})
+    again.client.set_terminated(again.sweeps["mimic"], "FINISHED")
+    mimics = study_runs.load_study(again.client, again.id).stage("mimic")
+    assert sorted(study_runs.seed(r) for r in mimics) == [0, 1]
 
 
 def test_a_study_without_the_figure2_stage_draws_early_stopped_curves_and_claims_nothing(

@@ -128,6 +128,12 @@ def load_study(client: MlflowClient, study_run_id: str) -> Study:
 
     jobs = [r for r in tagged if r.info.status == "FINISHED" and r.data.tags.get(ROLE) != "sweep"
             and study_run_id in (parent(r), parent(by_id.get(parent(r) or "")))]
+    # a stage stopped midway and run again (--study) has a finished sweep: the stopped one's jobs are in it again
+    # (reused or retrained), so they would count twice
+    rerun = {r.data.tags[STAGE] for r in tagged if r.data.tags.get(ROLE) == "sweep" and r.info.status == "FINISHED"
+             and parent(r) == study_run_id}
+    jobs = [r for r in jobs if r.data.tags.get(STAGE) not in rerun or by_id.get(parent(r) or "") is None
+            or by_id[parent(r)].info.status == "FINISHED"]
     # a teacher from outside the study (given by run id) still gets a name and a cost row
     for run_id in sorted({t for r in jobs for t in teachers_of(r)} - by_id.keys()):
         if (run := get_run(client, run_id)) is not None:  # deleted since: its students still report its accuracy
