@@ -76,7 +76,8 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     assert study.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(study.info.run_id, "report")} >= {"report/report.md"}
     runs = {stage: stage_runs(client, study.info.run_id, stage) for stage in (
-        "teachers", "tune_labels", "tune_l2", "tune_kd", "mimic", "kd", "baselines", "deep", "figure2", "figure3")}
+        "teachers", "tune_labels", "tune_l2", "tune_kd", "mimic", "kd", "baselines", "deep", "figure2", "figure3",
+        "controls")}
     assert all(runs.values()), [stage for stage, found in runs.items() if not found]
 
     # the students learn from the teacher chosen on validation; every family at each net trains on its seeds at the
@@ -95,6 +96,9 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
     reg = tuning.chosen(runs["tune_labels"], budget)["64"]
     assert sorted((r.data.tags["role"], tuning.setting(r)) for r in runs["figure2"]) == sorted([
         ("baseline", "lr=0.001"), ("baseline", tuning.setting(reg)), ("mimic", "lr=0.003 L2 raw")])
+    # the controls: the mimic at the setting its tuning chose at `width`, on other transfer sets
+    l2 = tuning.chosen(runs["tune_l2"], budget)["64"]
+    assert {tuning.setting(r) for r in runs["controls"]} == {tuning.setting(l2)}
     # Figure 3: every teacher of both teacher stages, and their ensemble
     n_teachers = {len(r.data.tags["teacher_run_id"].split(",")) for r in runs["figure3"]}
     assert n_teachers == {1, len(runs["teachers"])}
@@ -104,6 +108,7 @@ def test_smoke_study_runs_every_stage_and_writes_the_report(outputs: Path, store
         assert min(abs(int(run.data.params["n_params"]) - p) / p for p in shallow) < 0.1
     text = (report / "report.md").read_text()
     assert "## What reproduces" in text
+    assert "No config.yaml" not in text  # the cost of a reused run's net is built from its original's config
     # Figure 2's plain baseline (first seed) was reused from the baseline search: its curves are its original's
     curves = text.split("### Learning curves")[1]  # Figure 2's table (Figure 1's has a plain row too)
     plain = next(line for line in curves.splitlines() if line.startswith("| shallow labels (plain) |"))

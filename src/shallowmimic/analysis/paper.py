@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from shallowmimic import project_root
 from shallowmimic.analysis import figures, tables, tuning
 from shallowmimic.analysis import study_runs as read
+from shallowmimic.analysis.bottleneck import bottleneck_table, bottleneck_verdicts
 from shallowmimic.analysis.study_runs import PLAIN, REGULARISED, Group, Stat, Study
 from shallowmimic.analysis.tables import Table
 from shallowmimic.tracking.keys import TEST_ACC
@@ -141,9 +142,9 @@ def bottleneck(ctx: Context) -> str:
     """The bottleneck's convergence speed-up, measured."""
     parts = ["## The bottleneck: does factorising speed up convergence?\n", ctx.missing("bottleneck")]
     if ctx.study.stage("bottleneck"):
-        table = tables.bottleneck_table(ctx.client, ctx.study)
+        table = bottleneck_table(ctx.client, ctx.study)
         parts.append(ctx.table(table))
-        ctx.verdicts += tables.bottleneck_verdicts(table)
+        ctx.verdicts += bottleneck_verdicts(table)
     return "\n".join(p for p in parts if p)
 
 

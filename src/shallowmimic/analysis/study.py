@@ -93,17 +93,20 @@ def quoted(run: MlflowRun) -> str:
     return f"'{run.info.run_id}'"
 
 
+AT_WIDTH = {"labels": "reg", "l2": "l2"}  # the tuned setting at `width`: Figure 2's regularised net, the controls'
+
+
 def tuned(family: str) -> Callable[[list[MlflowRun], DictConfig], dict[str, str | dict[str, str]]]:
     """The selector of a tune stage: per net, the overrides of its chosen trial (`{tuned_<family>}`); for labels
-    also the one at `width` (`{reg}`: Figure 2's regularised baseline)."""
+    and L2 also the one at `width` (`{reg}`: Figure 2's regularised baseline; `{l2}`: the controls' mimic)."""
     def select(runs: list[MlflowRun], study: DictConfig) -> dict[str, str | dict[str, str]]:
         per_net = {net: tuning.as_overrides(run) for net, run in tuning.chosen(runs, int(study.budget)).items()}
-        if family != "labels":
+        if family not in AT_WIDTH:
             return {f"tuned_{family}": per_net}
         if str(study.width) not in per_net:
             raise UserError(f"conf/study: width={study.width} is not one of widths={study.widths}, so no tuned "
-                            "setting exists for Figure 2's regularised baseline")
-        return {"tuned_labels": per_net, "reg": per_net[str(study.width)]}
+                            f"{family} setting exists for the stages that use {{{AT_WIDTH[family]}}}")
+        return {f"tuned_{family}": per_net, AT_WIDTH[family]: per_net[str(study.width)]}
     return select
 
 

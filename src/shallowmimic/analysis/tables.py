@@ -16,12 +16,16 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from shallowmimic.analysis import study_runs as read
-from shallowmimic.analysis.convergence import first_at_or_below, level
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
 from shallowmimic.analysis.figures import Curve, Point
-from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, metric, net_label, number, values
-from shallowmimic.tracking.keys import EPOCHS, FIT_SECONDS, ROLE, SELECT_ON, TEST_ACC, TEST_AGREEMENT, VAL_LOGIT_MSE
-from shallowmimic.tracking.search import history
+from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, net_label, number, values
+from shallowmimic.tracking.keys import (
+    REUSED_FROM,
+    ROLE,
+    SELECT_ON,
+    TEST_ACC,
+    TEST_AGREEMENT,
+)
 
 Cell = Stat | str | int | float | None
 
@@ -105,86 +109,6 @@ def figure3_table(points: list[Point]) -> Table:
     return table
 
 
-def _to_level(run: Run, mse: list[float], bar: float | None) -> tuple[int, float] | None:
-    """(epochs, seconds) until the run's validation logit-MSE is at or below `bar`; None if it never is."""
-    i = first_at_or_below(mse, bar)
-    fit_s, epochs = metric(run, FIT_SECONDS), metric(run, EPOCHS)
-    if i is None or not fit_s or not epochs:
-        return None
-    return i + 1, fit_s * (i + 1) / epochs  # history index i: reached after i + 1 epochs
-
-
-def bottleneck_table(client: MlflowClient, study: Study) -> Table:
-    """Per (optimizer, rank): epochs and wall time to the unfactorised net's 95% level, and the final fit."""
-    table = Table("bottleneck", "The bottleneck: convergence speed at equal nonlinear width",
-                  ["optimizer", "rank", "net", "params", "seeds", "epochs to 95%", "time to 95%", "final val mse",
-                   "reached"])
-    grouped = group_by(study.stage("bottleneck"),
-                       lambda r: (r.data.params.get("optimizer.name", "?"), r.data.params.get("model.rank", "None")))
-    curves = {r.info.run_id: [v for _, v in history(client, r.info.run_id, VAL_LOGIT_MSE)] for r in
-              study.stage("bottleneck")}
-    bars = {opt: level([curves[r.info.run_id] for r in runs]) for (opt, rank), runs in grouped.items()
-            if rank in ("None", "null")}
-    for (optimizer, rank), runs in sorted(grouped.items(), key=lambda kv: (kv[0][0], _rank(kv[0][1]))):
-        measured = [m for m in (_to_level(r, curves[r.info.run_id], bars.get(optimizer)) for r in runs) if m]
-        table.add({"optimizer": optimizer, "rank": "none" if rank in ("None", "null") else rank,
-                   "net": net_label(runs[0]), "params": int(number(runs[0], "n_params")), "seeds": len(runs),
-                   "epochs to 95%": Stat(tuple(m[0] for m in measured), 1.0, "", 1),
-                   "time to 95%": Stat(tuple(m[1] for m in measured), 1.0, " s", 2),
-                   "final val mse": Stat(tuple(curves[r.info.run_id][-1] for r in runs if curves[r.info.run_id]),
-                                         1.0, "", 4),
-                   "reached": f"{len(measured)}/{len(runs)}"}, [r.info.run_id for r in runs])
-    table.note = (" ".join(f"{o}'s 95% level: validation logit-MSE {b:.4g}." for o, b in bars.items() if b) + " "
-                  + " ".join(bottleneck_verdicts(table))).strip()
-    return table
-
-
-def _rank(rank: str) -> float:
-    """A rank's sort key: numerically, none (unfactorised) last."""
-    return float(rank) if rank.isdigit() else float("inf")
-
-
-def _compare(ours: Stat, theirs: Stat, words: tuple[str, str, str], what: str) -> tuple[str, int]:
-    """'fewer epochs (4.0 ± 0.1 vs 6.0 ± 0.2)' or 'as many epochs within the seeds' spread (...)', and the sign."""
-    if ours.mean is None or theirs.mean is None:
-        return f"(unmeasured) {what}", 0
-    sign = read.compare(ours, theirs)
-    word = {-1: words[0], 1: words[1], 0: words[2]}[sign]
-    spread = " within the seeds' spread" if sign == 0 else ""
-    return f"{word} {what}{spread} ({ours.text()} vs {theirs.text()})", sign
-
-
-def bottleneck_verdicts(table: Table) -> list[str]:
-    """One sentence per optimizer and rank (did the factorised net get there sooner than the unfactorised one, by
-    more than the seeds' spread?), then whether the paper's claim holds: the bottleneck speeds up SGD."""
-    rows = {(r["optimizer"], r["rank"]): r for r in table.rows}
-    sentences, sgd = [], []
-    for (optimizer, rank), row in rows.items():
-        plain = rows.get((optimizer, "none"))
-        if rank == "none" or plain is None:
-            continue
-        fit, plain_fit = row["final val mse"], plain["final val mse"]
-        if row["epochs to 95%"].mean is None:  # a rank that removes capacity may never get down to the bar
-            sentences.append(f"With {optimizer}, the factorised net (k={rank}) never reached the unfactorised net's "
-                             f"95% level; it ends at validation logit-MSE {fit.text()} vs {plain_fit.text()}.")
-            sgd += [(False, False, False)] if str(optimizer).lower() == "sgd" else []
-            continue
-        epochs, fewer = _compare(row["epochs to 95%"], plain["epochs to 95%"], ("fewer", "more", "as many"), "epochs")
-        seconds, sooner = _compare(row["time to 95%"], plain["time to 95%"], ("less", "more", "as much"), "wall time")
-        worse_fit = read.compare(fit, plain_fit) > 0
-        sentences.append(f"With {optimizer}, the factorised net (k={rank}) reached the unfactorised net's 95% level "
-                         f"in {epochs} and {seconds} than the unfactorised one ({row['reached']} runs reached it)"
-                         + (f", but it ends at a worse fit (validation logit-MSE {fit.text()} vs {plain_fit.text()})."
-                            if worse_fit else "."))
-        if str(optimizer).lower() == "sgd":
-            sgd.append((fewer < 0, sooner < 0, not worse_fit))
-    if sgd:  # a speed-up is the claim; the fit only qualifies one that was measured
-        faster = [f or s for f, s, _ in sgd]
-        verdict = "reproduced" if all(all(c) for c in sgd) else "partly" if any(faster) else "not reproduced"
-        sentences.append(f"The paper's claim that the bottleneck speeds up SGD: {verdict}.")
-    return sentences
-
-
 def _rows(table: Table, grouped: dict[Hashable, list[Run]], label: Callable[[Run], str], title: str) -> None:
     """One row of accuracy and agreement over seeds per group, labelled by `label` of its first run."""
     for members in grouped.values():
@@ -235,9 +159,11 @@ def l2_vs_kd_table(study: Study) -> Table:
 
 
 def build_net(client: MlflowClient, run: Run) -> tuple[nn.Module, tuple[int, ...]]:
-    """The run's net, built from its logged config.yaml (untrained: cost does not depend on the weights)."""
+    """The run's net, built from its logged config.yaml (untrained: cost does not depend on the weights); a reused
+    run's config is its original's, which holds the artifacts."""
+    source = run.data.tags.get(REUSED_FROM, run.info.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+        cfg = OmegaConf.load(client.download_artifacts(source, "config.yaml", tmp))
     in_shape = tuple(int(d) for d in run.data.params["data.in_shape"].split("x"))
     return instantiate(cfg.model, in_shape=in_shape, num_classes=int(run.data.params["data.num_classes"])), in_shape
 
