@@ -84,7 +84,7 @@ def figure1(groups: list[Group], path: Path) -> None:
             color, style = LINES[g.series]
             ax.axhline(acc.mean, color=color, linestyle=style, label=f"{g.series} {g.net} ({g.params:,} params)")
         else:
-            series[f"{g.series} {g.detail}".strip()].append(g)
+            series[g.series].append(g)  # one line per family: a tuned setting differs by width (see the table)
     for label, members in series.items():
         lower = any(not all(g.converged) for g in members)  # a run still learning: its point is a lower bound
         accuracy_series(ax, label + (" (lower bound)" if lower else ""), members, dashed="labels" in label)
