@@ -43,7 +43,9 @@ def bottleneck_table(client: MlflowClient, study: Study) -> Table:
                    "final val mse": Stat(tuple(curves[r.info.run_id][-1] for r in runs if curves[r.info.run_id]),
                                          1.0, "", 4),
                    "reached": f"{len(measured)}/{len(runs)}"}, [r.info.run_id for r in runs])
+    rates = {opt: runs[0].data.params.get("optimizer.lr", "?") for (opt, _), runs in grouped.items()}
     table.note = (" ".join(f"{o}'s 95% level: validation logit-MSE {b:.4g}." for o, b in bars.items() if b) + " "
+                  + "Learning rates: " + ", ".join(f"{o} {lr}" for o, lr in sorted(rates.items())) + ". "
                   + " ".join(bottleneck_verdicts(table))).strip()
     return table
 

@@ -113,6 +113,7 @@ def tuned(family: str) -> Callable[[list[MlflowRun], DictConfig], dict[str, str 
 SELECT: dict[str, Callable[[list[MlflowRun], DictConfig], dict]] = {
     "teachers": after_teachers,
     "teacher_quality": lambda runs, _: {"quality": ",".join(sorted(quoted(r) for r in runs))},
+    "tune_sgd": lambda runs, _: {"sgd_lr": best(runs).data.params["optimizer.lr"]},
 } | {f"tune_{family}": tuned(family) for family in ("labels", "deep", "l2", "kd")}
 
 
