@@ -19,13 +19,7 @@ from shallowmimic.analysis import study_runs as read
 from shallowmimic.analysis.cost import flops_per_sample, latency_per_sample
 from shallowmimic.analysis.figures import Curve, Point
 from shallowmimic.analysis.study_runs import Group, Stat, Study, converged, group_by, net_label, number, values
-from shallowmimic.tracking.keys import (
-    REUSED_FROM,
-    ROLE,
-    SELECT_ON,
-    TEST_ACC,
-    TEST_AGREEMENT,
-)
+from shallowmimic.tracking.keys import REUSED_FROM, ROLE, SELECT_ON, TEST_ACC, TEST_AGREEMENT
 
 Cell = Stat | str | int | float | None
 
