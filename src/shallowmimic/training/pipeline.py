@@ -81,7 +81,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             net = standardised(objective, net, attach_teachers(run, client, teachers, dm, cfg))
         run.params({"data.n_train_rows": dm.n_train_rows})
         log_datasets(run, dm, cfg.data)
-
         system = System(net, objective.loss, optimizer, dm.num_classes, schedule, cfg.loop.compile,
                         cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("gradient_clip_algorithm") or "norm")
         checkpoint, last = checkpoints(run.dir / "checkpoints", objective)
